@@ -1,0 +1,1 @@
+"""promptq's domain and producer side: models, settings, submission, results, API, CLI."""

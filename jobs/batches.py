@@ -1,0 +1,247 @@
+"""A batch's lifecycle: lookup, cancel, expire, finalize, and its OpenAI Batch object."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import exists, func, select, update
+from sqlmodel import Session
+
+from jobs.errors import NotFoundError
+from jobs.models import (
+    BATCH_TERMINAL,
+    Batch,
+    BatchStatus,
+    File,
+    Request,
+    RequestStatus,
+    utcnow,
+)
+from jobs.results import error_lines, output_lines
+
+PENDING = (RequestStatus.QUEUED, RequestStatus.RUNNING)
+
+
+def get_batch(session: Session, batch_id: str, owner: str | None = None) -> Batch:
+    """The batch, if it exists and `owner` (when given) may see it."""
+    batch = session.get(Batch, batch_id)
+    if batch is None or (owner is not None and batch.owner != owner):
+        raise NotFoundError(f"no batch {batch_id!r}")
+    return batch
+
+
+def cancel(session: Session, batch_id: str, owner: str | None = None) -> Batch:
+    """Stop a batch: queued requests end `cancelled`; finished results are kept."""
+    batch = get_batch(session, batch_id, owner)
+    if batch.status in BATCH_TERMINAL or batch.status == BatchStatus.CANCELLING:
+        return batch
+    now = utcnow()
+    session.execute(
+        update(Batch)
+        .where(Batch.id == batch_id)  # type: ignore[arg-type]
+        .values(status=BatchStatus.CANCELLING, cancelling_at=now)
+    )
+    _end_queued(session, batch_id, RequestStatus.CANCELLED, "batch_cancelled", now)
+    finalize_if_done(session, batch_id)
+    session.refresh(batch)
+    return batch
+
+
+def expire(session: Session, batch_id: str) -> None:
+    """Past its completion window: queued requests end `expired`; running ones may finish."""
+    now = utcnow()
+    marked = session.execute(
+        update(Batch)
+        .where(Batch.id == batch_id, Batch.status == BatchStatus.IN_PROGRESS)  # type: ignore[arg-type]
+        .where(Batch.expired_at.is_(None))  # type: ignore[union-attr]
+        .values(expired_at=now)
+    )
+    if marked.rowcount:  # type: ignore[attr-defined]
+        _end_queued(session, batch_id, RequestStatus.EXPIRED, "batch_expired", now)
+        finalize_if_done(session, batch_id)
+
+
+def overdue_batches(session: Session, now: datetime | None = None) -> list[str]:
+    stmt = select(Batch.id).where(
+        Batch.status == BatchStatus.IN_PROGRESS,  # type: ignore[arg-type]
+        Batch.expires_at < (now or utcnow()),  # type: ignore[operator]
+        Batch.expired_at.is_(None),  # type: ignore[union-attr]
+    )
+    return list(session.scalars(stmt))
+
+
+def open_batches(session: Session) -> list[str]:
+    """Batches that still run (or are being cancelled)."""
+    stmt = select(Batch.id).where(
+        Batch.status.in_([BatchStatus.IN_PROGRESS, BatchStatus.CANCELLING])  # type: ignore[attr-defined]
+    )
+    return list(session.scalars(stmt))
+
+
+def find_resumable(session: Session, sha256: str, owner: str = "local") -> Batch | None:
+    """The latest batch made from identical input that is running or completed."""
+    stmt = (
+        select(Batch)
+        .where(
+            Batch.input_sha256 == sha256,  # type: ignore[arg-type]
+            Batch.owner == owner,  # type: ignore[arg-type]
+            Batch.status.in_(  # type: ignore[attr-defined]
+                [BatchStatus.IN_PROGRESS, BatchStatus.FINALIZING, BatchStatus.COMPLETED]
+            ),
+        )
+        .order_by(Batch.created_at.desc())  # type: ignore[attr-defined]
+        .limit(1)
+    )
+    return session.scalars(stmt).first()
+
+
+def resume(session: Session, batch_id: str, *, reclaim_running: bool) -> None:
+    """Make a batch's unfinished requests go out again (after its processes stopped).
+
+    `reclaim_running` takes back running requests at once; only safe when no worker can
+    still hold them (otherwise their leases expire and the sweeper takes them back).
+    """
+    if reclaim_running:
+        session.execute(
+            update(Request)
+            .where(Request.batch_id == batch_id, Request.status == RequestStatus.RUNNING)  # type: ignore[arg-type]
+            .values(status=RequestStatus.QUEUED, lease_until=None)
+        )
+    # NULL enqueued_at: the sweeper sends every one of them again (duplicates are harmless)
+    session.execute(
+        update(Request)
+        .where(Request.batch_id == batch_id, Request.status == RequestStatus.QUEUED)  # type: ignore[arg-type]
+        .values(enqueued_at=None)
+    )
+
+
+def _end_queued(
+    session: Session, batch_id: str, status: RequestStatus, code: str, now: datetime
+) -> None:
+    message = {
+        "batch_cancelled": "the batch was cancelled before this request ran",
+        "batch_expired": "the batch's completion window ended before this request ran",
+    }[code]
+    ended = session.execute(
+        update(Request)
+        .where(Request.batch_id == batch_id, Request.status == RequestStatus.QUEUED)  # type: ignore[arg-type]
+        .values(status=status, error_code=code, error_message=message, finished_at=now)
+    ).rowcount  # type: ignore[attr-defined]
+    if ended:
+        session.execute(
+            update(Batch)
+            .where(Batch.id == batch_id)  # type: ignore[arg-type]
+            .values(request_failed=Batch.request_failed + ended)
+        )
+
+
+def has_pending(session: Session, batch_id: str) -> bool:
+    stmt = select(
+        exists().where(Request.batch_id == batch_id, Request.status.in_(PENDING))  # type: ignore[arg-type,attr-defined]
+    )
+    return bool(session.scalar(stmt))
+
+
+def finalize_if_done(session: Session, batch_id: str) -> bool:
+    """When no request is pending, move the batch to its final state (once, whoever calls)."""
+    if has_pending(session, batch_id):
+        return False
+    now = utcnow()
+    won = session.execute(
+        update(Batch)
+        .where(
+            Batch.id == batch_id,  # type: ignore[arg-type]
+            Batch.status.in_([BatchStatus.IN_PROGRESS, BatchStatus.CANCELLING]),  # type: ignore[attr-defined]
+        )
+        .values(status=BatchStatus.FINALIZING, finalizing_at=now)
+        .returning(Batch.cancelling_at, Batch.expired_at, Batch.owner)
+    ).first()
+    if won is None:
+        return False
+    cancelling_at, expired_at, owner = won
+    files = _write_files(session, batch_id, owner)
+    if cancelling_at is not None:
+        final = {"status": BatchStatus.CANCELLED, "cancelled_at": now}
+    elif expired_at is not None:
+        final = {"status": BatchStatus.EXPIRED}
+    else:
+        final = {"status": BatchStatus.COMPLETED, "completed_at": now}
+    session.execute(
+        update(Batch).where(Batch.id == batch_id).values(**final, **files)  # type: ignore[arg-type]
+    )
+    return True
+
+
+def _write_files(session: Session, batch_id: str, owner: str) -> dict[str, str]:
+    """Output and error files: rows whose content is generated from the requests on demand."""
+    ids: dict[str, str] = {}
+    for purpose, lines, column in (
+        ("batch_output", output_lines, "output_file_id"),
+        ("batch_error", error_lines, "error_file_id"),
+    ):
+        size = sum(len(line.encode()) + 1 for line in lines(session, batch_id))
+        if size:
+            file = File(
+                owner=owner,
+                purpose=purpose,
+                filename=f"{batch_id}_{purpose.removeprefix('batch_')}.jsonl",
+                size_bytes=size,
+                batch_id=batch_id,
+            )
+            session.add(file)
+            session.flush()
+            ids[column] = file.id
+    return ids
+
+
+def status_counts(session: Session, batch_id: str) -> dict[str, int]:
+    stmt = (
+        select(Request.status, func.count())
+        .where(Request.batch_id == batch_id)  # type: ignore[arg-type]
+        .group_by(Request.status)
+    )
+    return {status: count for status, count in session.execute(stmt)}
+
+
+def _epoch(value: datetime | None) -> int | None:
+    return int(value.timestamp()) if value else None
+
+
+def to_openai(batch: Batch) -> dict[str, Any]:
+    """The Batch object as OpenAI's Batch API returns it (plus `cost_usd`, our extension)."""
+    errors = {"object": "list", "data": batch.errors} if batch.errors else None
+    return {
+        "id": batch.id,
+        "object": "batch",
+        "endpoint": batch.endpoint,
+        "errors": errors,
+        "input_file_id": batch.input_file_id or "",
+        "completion_window": batch.completion_window,
+        "status": batch.status,
+        "output_file_id": batch.output_file_id,
+        "error_file_id": batch.error_file_id,
+        "created_at": _epoch(batch.created_at),
+        "in_progress_at": _epoch(batch.in_progress_at),
+        "expires_at": _epoch(batch.expires_at),
+        "finalizing_at": _epoch(batch.finalizing_at),
+        "completed_at": _epoch(batch.completed_at),
+        "failed_at": _epoch(batch.failed_at),
+        "expired_at": _epoch(batch.expired_at),
+        "cancelling_at": _epoch(batch.cancelling_at),
+        "cancelled_at": _epoch(batch.cancelled_at),
+        "request_counts": {
+            "total": batch.request_total,
+            "completed": batch.request_completed,
+            "failed": batch.request_failed,
+        },
+        "metadata": batch.batch_metadata,
+        "usage": {
+            "input_tokens": batch.input_tokens,
+            "input_tokens_details": {"cached_tokens": batch.cached_input_tokens},
+            "output_tokens": batch.output_tokens,
+            "output_tokens_details": {"reasoning_tokens": batch.reasoning_tokens},
+            "total_tokens": batch.total_tokens,
+        },
+        "cost_usd": round(batch.cost_usd, 9),
+    }

@@ -1,0 +1,230 @@
+"""The `promptq` command line: thin commands over submit, batches, results and the deployment."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from jobs.errors import InputError, PromptqError
+
+app = typer.Typer(
+    help="promptq: run thousands of LLM prompts reliably, with usage and cost accounting.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+out = Console()
+err = Console(stderr=True)
+
+OutputOpt = Annotated[Path, typer.Option("-o", "--output", help="where to write results (JSONL)")]
+ErrorsOpt = Annotated[
+    Path | None,
+    typer.Option("--errors", help="where failed requests go (default: OUTPUT.errors.jsonl)"),
+]
+
+
+def errors_path(output: Path, errors: Path | None) -> Path:
+    return errors or output.with_name(output.stem + ".errors" + (output.suffix or ".jsonl"))
+
+
+@app.command()
+def run(
+    input: Annotated[Path, typer.Argument(help="OpenAI batch JSONL")],
+    output: OutputOpt,
+    errors: ErrorsOpt = None,
+    workers: Annotated[int, typer.Option(help="worker processes to start")] = 1,
+    fresh: Annotated[bool, typer.Option(help="start over even if this file ran before")] = False,
+) -> None:
+    """Run a whole batch on this machine: starts what it needs, shows progress, writes results."""
+    from jobs import batches, progress, results, submit, validate
+    from jobs.db import session_scope
+    from jobs.local import LocalDeployment
+    from jobs.migrate import ensure_schema
+    from jobs.settings import get_settings
+
+    settings = get_settings()
+    source = submit.open_lines(_existing(input))
+    scan = validate.check(source(), name=str(input))
+    ensure_schema()
+    errors = errors_path(output, errors)
+    try:
+        with LocalDeployment(settings, workers=workers, say=err.print) as deployment:
+            with session_scope() as session:
+                found = None if fresh else batches.find_resumable(session, scan.sha256)
+                if found is not None:
+                    err.print(
+                        f"Resuming {found.id} ({found.request_completed + found.request_failed}"
+                        f" of {found.request_total} already done; --fresh starts over)"
+                    )
+                    batches.resume(session, found.id, reclaim_running=deployment.owns_everything)
+                    batch_id = found.id
+            if found is None:
+                batch_id = submit.create_batch(source, name=str(input), scan=scan).id
+                err.print(f"Submitted {batch_id}: {scan.requests} requests")
+            final = progress.follow(batch_id, err, check=deployment.check_workers)
+    except KeyboardInterrupt:
+        err.print(
+            "\n[yellow]Interrupted; workers stopped. Finished results are stored: run the "
+            "same command again to resume where this stopped.[/]"
+        )
+        raise typer.Exit(130) from None
+    with session_scope() as session:
+        done, failed = results.export(session, batch_id, output, errors)
+    err.print(
+        f"[bold]{final.status}[/]: {done} succeeded, {failed} ended otherwise; "
+        f"{final.total_tokens:,} tokens (reasoning {final.reasoning_tokens:,}, cached input "
+        f"{final.cached_input_tokens:,}), ${final.cost_usd:.4f}"
+    )
+    out.print(f"Results: {output}")
+    if failed:
+        out.print(f"Errors:  {errors}")
+    if final.status != "completed":
+        raise typer.Exit(1)
+
+
+@app.command(name="submit")
+def submit_cmd(
+    input: Annotated[Path, typer.Argument(help="OpenAI batch JSONL")],
+    endpoint: Annotated[
+        str | None, typer.Option(help="the batch's endpoint (default: the lines' url)")
+    ] = None,
+    completion_window: Annotated[str, typer.Option(help="24h, 1h or 10m")] = "24h",
+    wait: Annotated[bool, typer.Option(help="show progress until the batch ends")] = False,
+) -> None:
+    """Queue a batch; prints its id on the last line."""
+    from jobs import progress, submit
+    from jobs.migrate import ensure_schema
+
+    source = submit.open_lines(_existing(input))
+    ensure_schema()
+    batch = submit.create_batch(
+        source, name=str(input), endpoint=endpoint, completion_window=completion_window
+    )
+    err.print(f"Queued {batch.request_total} requests.")
+    if wait:
+        progress.follow(batch.id, err)
+    print(batch.id)
+
+
+@app.command()
+def status(
+    batch_id: str,
+    as_json: Annotated[bool, typer.Option("--json", help="the OpenAI Batch object")] = False,
+) -> None:
+    """Show a batch."""
+    from jobs import batches
+    from jobs.db import session_scope
+
+    with session_scope() as session:
+        batch = batches.get_batch(session, batch_id)
+        obj = batches.to_openai(batch)
+        counts = batches.status_counts(session, batch_id)
+    if as_json:
+        print(json.dumps(obj, indent=2))
+        return
+    table = Table(show_header=False, box=None)
+    usage = obj["usage"]
+    rows = [
+        ("batch", obj["id"]),
+        ("status", obj["status"]),
+        ("endpoint", obj["endpoint"]),
+        ("requests", ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))),
+        (
+            "tokens",
+            f"{usage['total_tokens']:,} (input {usage['input_tokens']:,}, cached "
+            f"{usage['input_tokens_details']['cached_tokens']:,}, output "
+            f"{usage['output_tokens']:,}, reasoning "
+            f"{usage['output_tokens_details']['reasoning_tokens']:,})",
+        ),
+        ("cost", f"${obj['cost_usd']:.6f}"),
+    ]
+    for key, value in rows:
+        table.add_row(f"[bold]{key}", str(value))
+    out.print(table)
+
+
+@app.command()
+def results(batch_id: str, output: OutputOpt, errors: ErrorsOpt = None) -> None:
+    """Write the results so far in OpenAI batch output format."""
+    from jobs import batches
+    from jobs import results as results_mod
+    from jobs.db import session_scope
+
+    errors = errors_path(output, errors)
+    with session_scope() as session:
+        batches.get_batch(session, batch_id)
+        done, failed = results_mod.export(session, batch_id, output, errors)
+    out.print(f"{done} results in {output}; {failed} errors in {errors}")
+
+
+@app.command()
+def cancel(batch_id: str) -> None:
+    """Cancel a batch; finished results are kept."""
+    from jobs import batches
+    from jobs.db import session_scope
+
+    with session_scope() as session:
+        batch = batches.cancel(session, batch_id)
+    out.print(f"{batch.id}: {batch.status}")
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[
+        int, typer.Option(help="messages handled at once (each holds several requests)")
+    ] = 8,
+) -> None:
+    """Run a Celery worker process for this deployment (sweeper included)."""
+    from jobs.migrate import ensure_schema
+
+    ensure_schema()
+    # hand over to the worker package by module name: jobs never imports worker
+    argv = [sys.executable, "-m", "worker", "--concurrency", str(concurrency)]
+    os.execv(sys.executable, argv)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def simulator(ctx: typer.Context) -> None:
+    """Run the OpenAI-compatible upstream simulator (see `promptq simulator --help`)."""
+    from jobs.simulator import main as simulator_main
+
+    raise typer.Exit(simulator_main(ctx.args))
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply migrations to PROMPTQ_DATABASE_URL (or the embedded SQLite database)."""
+    from jobs.migrate import upgrade
+
+    upgrade()
+    out.print("database is up to date")
+
+
+def _existing(path: Path) -> Path:
+    if not path.is_file():
+        raise InputError(str(path), [], 0) from FileNotFoundError(path)
+    return path
+
+
+def main() -> None:
+    try:
+        app()
+    except InputError as exc:
+        if not exc.faults:
+            err.print(f"[red]error:[/] {exc.source}: no such file")
+        else:
+            err.print(f"[red]error:[/] {exc}\nNothing was submitted.", highlight=False)
+        sys.exit(2)
+    except PromptqError as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False)
+        sys.exit(1)

@@ -1,0 +1,1 @@
+"""Alembic migrations for promptq's schema (SQLite and PostgreSQL alike)."""

@@ -1,0 +1,1 @@
+"""promptq's execution side: the Celery app, tasks, upstream client, limits, retries, sweeper."""

@@ -1,0 +1,51 @@
+"""`python -m worker`: what `promptq worker` runs (a Celery worker for this deployment)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import sys
+
+from jobs.constants import QUEUE
+
+DEFAULT_THREADS = 8
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="promptq worker")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=DEFAULT_THREADS,
+        help="messages handled at once by this process (each holds several requests)",
+    )
+    parser.add_argument("--loglevel", default=os.environ.get("PROMPTQ_LOG_LEVEL", "INFO"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+    # one line per upstream call drowns what matters; failures are logged by promptq itself
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    from worker.app import get_app
+
+    get_app().worker_main(
+        [
+            "worker",
+            "--pool=threads",
+            f"--concurrency={args.concurrency}",
+            f"--queues={QUEUE}",
+            f"--hostname=promptq-{os.getpid()}@{socket.gethostname()}",
+            f"--loglevel={args.loglevel}",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ]
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""The Celery worker app: the producer's app plus the tasks and the in-process services."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any
+
+from celery import Celery, signals
+
+from jobs.queue import get_celery, resolve_redis_url
+from jobs.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+_sweeper: Any = None
+
+
+@functools.cache
+def get_app() -> Celery:
+    """The app `promptq worker` runs: tasks registered, sweeper started with the worker."""
+    app = get_celery()
+    app.conf.update(worker_pool="threads")
+    import worker.tasks  # noqa: F401 - registers the task on the app
+
+    signals.worker_ready.connect(_start_sweeper, weak=False)
+    signals.worker_shutdown.connect(_stop, weak=False)
+    return app
+
+
+def _start_sweeper(**_: Any) -> None:
+    global _sweeper
+    from worker.sweeper import Sweeper
+
+    _sweeper = Sweeper(get_settings(), resolve_redis_url())
+    _sweeper.start()
+
+
+def _stop(**_: Any) -> None:
+    from worker.runtime import stop_runtime
+
+    if _sweeper is not None:
+        _sweeper.stop()
+    try:
+        stop_runtime()
+    except Exception as exc:  # noqa: BLE001 - shutting down regardless
+        log.warning("runtime stop: %s", exc)

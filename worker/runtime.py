@@ -1,0 +1,212 @@
+"""The per-process engine: one asyncio loop that keeps many upstream calls in flight.
+
+Celery's threads each hand a message's request ids to this loop and block until they are
+stored, so late acks keep their meaning while one process holds hundreds of calls open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from urllib.parse import urlsplit
+
+from redis.asyncio import Redis
+
+from jobs.models import utcnow
+from jobs.queue import resolve_redis_url
+from jobs.settings import Settings, get_settings
+from worker import store
+from worker.errors import PermanentUpstreamError, RetryableUpstreamError
+from worker.limits import ConcurrencyLimiter
+from worker.retry import RetryPolicy, next_delay_s
+from worker.store import Claimed, Outcome
+from worker.upstream import UpstreamClient
+from worker.usage import PriceTable, Usage
+from worker.writer import GroupWriter
+
+log = logging.getLogger(__name__)
+
+# Waits up to this long happen inside the worker; longer ones go to the database.
+INLINE_RETRY_MAX_S = 5.0
+DB_THREADS = 4
+
+
+class Runtime:
+    """Owns the loop thread, the upstream client, the limiter and the result writer."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.policy = RetryPolicy(max_attempts=settings.max_attempts)
+        self.prices = (
+            PriceTable.from_file(settings.price_table)
+            if settings.price_table
+            else PriceTable.default()
+        )
+        self.db = ThreadPoolExecutor(DB_THREADS, thread_name_prefix="promptq-db")
+        self.loop = asyncio.new_event_loop()
+        self.held: dict[str, int] = {}  # request id -> attempt, for lease renewal
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run_loop, name="promptq-loop", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+
+    def _run_loop(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_until_complete(self._setup())
+        self._ready.set()
+        self.loop.run_forever()
+
+    async def _setup(self) -> None:
+        s = self.settings
+        self.client = UpstreamClient(
+            s.upstream_base_url,
+            s.upstream_key,
+            timeout_s=s.request_timeout_s,
+            max_connections=max(s.max_concurrency, 16),
+        )
+        self.redis = Redis.from_url(resolve_redis_url())
+        scope = urlsplit(s.upstream_base_url).netloc or "upstream"
+        self.limiter = ConcurrencyLimiter(self.redis, scope, s.max_concurrency, s.lease_s)
+        self.writer: GroupWriter[Outcome] = GroupWriter(store.record, self.db)
+        self._heartbeat = asyncio.create_task(self._renew_forever())
+
+    # -- called from Celery's threads -------------------------------------------------
+
+    def run(self, ids: list[str]) -> None:
+        """Process these request ids; returns when every outcome is stored."""
+        asyncio.run_coroutine_threadsafe(self.process(ids), self.loop).result()
+
+    def stop(self) -> None:
+        """Give back what this process holds and close its connections."""
+        if not self.loop.is_running():
+            return
+        future = asyncio.run_coroutine_threadsafe(self._close(), self.loop)
+        try:
+            future.result(timeout=10)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.db.shutdown(wait=False)
+
+    # -- on the loop -----------------------------------------------------------------
+
+    async def process(self, ids: list[str]) -> None:
+        claimed = await self._db(store.claim, ids, self.settings.lease_s)
+        results = await asyncio.gather(*(self.execute(c) for c in claimed), return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise errors[0]
+
+    async def execute(self, claimed: Claimed) -> None:
+        current: Claimed | None = claimed
+        while current is not None:
+            self.held[current.id] = current.attempt
+            try:
+                outcome = await self._attempt(current)
+                await self.writer.write(outcome)
+            finally:
+                self.held.pop(current.id, None)
+            current = None
+            if outcome.kind == "retry" and outcome.held:
+                delay_s = (outcome.not_before - utcnow()).total_seconds()  # type: ignore[operator]
+                await asyncio.sleep(max(0.0, delay_s))
+                again = await self._db(store.claim, [claimed.id], self.settings.lease_s)
+                current = again[0] if again else None
+
+    async def _attempt(self, c: Claimed) -> Outcome:
+        try:
+            async with self.limiter.slot():
+                answer = await self.client.call(c.url, c.body.encode())
+        except PermanentUpstreamError as exc:
+            return self._failed(c, exc, exc.code or "upstream_error")
+        except RetryableUpstreamError as exc:
+            if c.attempt >= self.policy.max_attempts:
+                return self._failed(c, exc, "max_attempts_exceeded")
+            delay_s = next_delay_s(exc, c.attempt, self.policy)
+            return Outcome(
+                c,
+                "retry",
+                status_code=exc.status_code,
+                error_code=exc.code or "retryable_error",
+                error_message=exc.message,
+                not_before=utcnow() + timedelta(seconds=delay_s),
+                held=delay_s <= INLINE_RETRY_MAX_S,
+            )
+        usage = answer.usage or Usage()
+        return Outcome(
+            c,
+            "succeeded",
+            status_code=answer.status_code,
+            upstream_request_id=answer.request_id,
+            response_body=json.dumps(answer.body, ensure_ascii=False, separators=(",", ":")),
+            latency_ms=answer.latency_ms,
+            usage=usage,
+            cost_usd=self.prices.cost_usd(c.model, usage),
+        )
+
+    def _failed(
+        self, c: Claimed, exc: PermanentUpstreamError | RetryableUpstreamError, code: str
+    ) -> Outcome:
+        body = json.dumps(exc.body, ensure_ascii=False) if isinstance(exc.body, dict) else None
+        return Outcome(
+            c,
+            "failed",
+            status_code=exc.status_code,
+            upstream_request_id=exc.request_id,
+            response_body=body if exc.status_code else None,
+            error_code=code,
+            error_message=exc.message,
+        )
+
+    async def _db(self, fn, *args):  # type: ignore[no-untyped-def]
+        return await self.loop.run_in_executor(self.db, fn, *args)
+
+    async def _renew_forever(self) -> None:
+        interval_s = self.settings.lease_s / 3
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self._db(store.renew, dict(self.held), self.settings.lease_s)
+                await self.limiter.renew()
+            except Exception as exc:  # noqa: BLE001 - keep renewing; leases absorb a gap
+                log.warning("lease renewal failed: %s", exc)
+
+    async def _close(self) -> None:
+        self._heartbeat.cancel()
+        held = dict(self.held)
+        for task in asyncio.all_tasks(self.loop):
+            if task is not asyncio.current_task():
+                task.cancel()
+        try:
+            await self._db(store.release, held)
+        except Exception as exc:  # noqa: BLE001 - their leases will expire instead
+            log.warning("could not release %d requests: %s", len(held), exc)
+        await self.client.aclose()
+        await self.redis.aclose()
+
+
+_runtime: Runtime | None = None
+_runtime_pid: int | None = None
+_runtime_lock = threading.Lock()
+
+
+def get_runtime() -> Runtime:
+    """This process's runtime, built on first use (and rebuilt after a fork)."""
+    global _runtime, _runtime_pid
+    with _runtime_lock:
+        if _runtime is None or _runtime_pid != os.getpid():
+            _runtime = Runtime(get_settings())
+            _runtime_pid = os.getpid()
+        return _runtime
+
+
+def stop_runtime() -> None:
+    global _runtime
+    with _runtime_lock:
+        if _runtime is not None and _runtime_pid == os.getpid():
+            _runtime.stop()
+        _runtime = None

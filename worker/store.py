@@ -1,0 +1,229 @@
+"""The worker's database operations: claim with a lease, renew, and record outcomes.
+
+Every write is conditional on the row still being in the state (and attempt) this worker
+put it in, so duplicate deliveries, expired leases and late answers never count twice.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, or_, select, update
+
+from jobs import batches
+from jobs.db import session_scope
+from jobs.models import Batch, Request, RequestStatus, utcnow
+from worker.usage import Usage
+
+RUNNING = RequestStatus.RUNNING
+QUEUED = RequestStatus.QUEUED
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A request this worker now holds under a lease."""
+
+    id: str
+    batch_id: str
+    url: str
+    model: str
+    body: str
+    attempt: int
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What became of one attempt: `succeeded`, `failed`, or `retry` (queued again)."""
+
+    claimed: Claimed
+    kind: str
+    status_code: int | None = None
+    upstream_request_id: str | None = None
+    response_body: str | None = None
+    latency_ms: float | None = None
+    usage: Usage = field(default_factory=Usage)
+    cost_usd: float = 0.0
+    error_code: str | None = None
+    error_message: str | None = None
+    not_before: datetime | None = None
+    held: bool = False  # a retry this worker itself will take again (no message needed)
+
+
+def claim(ids: list[str], lease_s: float) -> list[Claimed]:
+    """queued -> running for those ids that are queued and due; the others are left alone."""
+    now = utcnow()
+    stmt = (
+        update(Request)
+        .where(
+            Request.id.in_(ids),  # type: ignore[attr-defined]
+            Request.status == QUEUED,  # type: ignore[arg-type]
+            or_(Request.not_before.is_(None), Request.not_before <= now),  # type: ignore[union-attr,operator]
+        )
+        .values(
+            status=RUNNING,
+            attempts=Request.attempts + 1,
+            lease_until=now + timedelta(seconds=lease_s),
+        )
+        .returning(
+            Request.id, Request.batch_id, Request.url, Request.model, Request.body, Request.attempts
+        )
+    )
+    with session_scope() as session:
+        return [Claimed(*row) for row in session.execute(stmt)]
+
+
+def renew(held: dict[str, int], lease_s: float) -> None:
+    """Extend the leases of the requests this process still works on."""
+    if not held:
+        return
+    until = utcnow() + timedelta(seconds=lease_s)
+    with session_scope() as session:
+        session.execute(
+            update(Request)
+            .where(Request.id.in_(list(held)), Request.status == RUNNING)  # type: ignore[attr-defined,arg-type]
+            .values(lease_until=until)
+        )
+
+
+def release(held: dict[str, int]) -> None:
+    """Give requests back to the queue (a clean shutdown); the sweeper re-sends them."""
+    if not held:
+        return
+    with session_scope() as session:
+        for rid, attempt in held.items():
+            session.execute(
+                update(Request)
+                .where(_mine(rid, attempt))
+                .values(status=QUEUED, lease_until=None, enqueued_at=None)
+            )
+
+
+def _mine(rid: str, attempt: int) -> Any:
+    return and_(
+        Request.id == rid,  # type: ignore[arg-type]
+        Request.status == RUNNING,  # type: ignore[arg-type]
+        Request.attempts == attempt,  # type: ignore[arg-type]
+    )
+
+
+def record(outcomes: list[Outcome]) -> None:
+    """Persist outcomes in one transaction, add them to their batches, finalize finished ones."""
+    now = utcnow()
+    totals: dict[str, dict[str, Any]] = defaultdict(lambda: defaultdict(int))
+    with session_scope() as session:
+        for o in outcomes:
+            values = _values(o, now)
+            done = session.execute(
+                update(Request).where(_mine(o.claimed.id, o.claimed.attempt)).values(**values)
+            ).rowcount  # type: ignore[attr-defined]
+            if not done or o.kind == "retry":
+                continue
+            t = totals[o.claimed.batch_id]
+            t["request_completed" if o.kind == "succeeded" else "request_failed"] += 1
+            for name in (
+                "input_tokens",
+                "cached_input_tokens",
+                "output_tokens",
+                "reasoning_tokens",
+                "total_tokens",
+            ):
+                t[name] += getattr(o.usage, name)
+            t["cost_usd"] += o.cost_usd
+        for batch_id, t in totals.items():
+            counts = session.execute(
+                update(Batch)
+                .where(Batch.id == batch_id)  # type: ignore[arg-type]
+                .values({name: getattr(Batch, name) + amount for name, amount in t.items()})
+                .returning(Batch.request_completed, Batch.request_failed, Batch.request_total)
+            ).first()
+            if counts and counts[0] + counts[1] >= counts[2]:
+                batches.finalize_if_done(session, batch_id)
+
+
+def _values(o: Outcome, now: datetime) -> dict[str, Any]:
+    if o.kind == "retry":
+        return {
+            "status": QUEUED,
+            "lease_until": None,
+            "not_before": o.not_before,
+            # NULL: no message exists, the sweeper sends one when due; held: we retry it
+            "enqueued_at": now if o.held else None,
+            "status_code": o.status_code,
+            "error_code": o.error_code,
+            "error_message": o.error_message,
+        }
+    values: dict[str, Any] = {
+        "status": RequestStatus.SUCCEEDED if o.kind == "succeeded" else RequestStatus.FAILED,
+        "lease_until": None,
+        "finished_at": now,
+        "status_code": o.status_code,
+        "upstream_request_id": o.upstream_request_id,
+        "response_body": o.response_body,
+        "latency_ms": o.latency_ms,
+        "error_code": o.error_code,
+        "error_message": o.error_message,
+        "cost_usd": o.cost_usd,
+    }
+    for name in (
+        "input_tokens",
+        "cached_input_tokens",
+        "output_tokens",
+        "reasoning_tokens",
+        "total_tokens",
+    ):
+        values[name] = getattr(o.usage, name)
+    return values
+
+
+def expired_leases(now: datetime, limit: int = 1000) -> list[tuple[str, str, int]]:
+    """Running requests whose worker stopped renewing their lease (it died)."""
+    stmt = (
+        select(Request.id, Request.batch_id, Request.attempts)
+        .where(Request.status == RUNNING, Request.lease_until < now)  # type: ignore[arg-type,operator]
+        .limit(limit)
+    )
+    with session_scope() as session:
+        return [tuple(row) for row in session.execute(stmt)]  # type: ignore[misc]
+
+
+def requeue(ids: list[str], now: datetime) -> None:
+    """Expired leases back to queued, without a message (the sweeper sends one)."""
+    with session_scope() as session:
+        session.execute(
+            update(Request)
+            .where(
+                Request.id.in_(ids),  # type: ignore[attr-defined]
+                Request.status == RUNNING,  # type: ignore[arg-type]
+                Request.lease_until < now,  # type: ignore[operator]
+            )
+            .values(status=QUEUED, lease_until=None, enqueued_at=None)
+        )
+
+
+def due_unsent(now: datetime, stale_before: datetime | None, limit: int) -> list[str]:
+    """Queued and due requests without a live message; marks them sent (the caller sends).
+
+    Without a message: `enqueued_at` is NULL (a retry, a recovered lease) or, when the caller
+    knows the broker's queue is empty (`stale_before` given), older than `stale_before`
+    (Redis lost its messages).
+    """
+    unsent: Any = Request.enqueued_at.is_(None)  # type: ignore[union-attr]
+    if stale_before is not None:
+        unsent = or_(unsent, Request.enqueued_at < stale_before)  # type: ignore[operator]
+    where = (
+        Request.status == QUEUED,  # type: ignore[arg-type]
+        or_(Request.not_before.is_(None), Request.not_before <= now),  # type: ignore[union-attr,operator]
+        unsent,
+    )
+    with session_scope() as session:
+        ids = list(session.scalars(select(Request.id).where(*where).limit(limit)))
+        if ids:
+            session.execute(
+                update(Request)
+                .where(Request.id.in_(ids), *where)  # type: ignore[attr-defined]
+                .values(enqueued_at=now)
+            )
+        return ids
