@@ -102,13 +102,14 @@ def submit_cmd(
     wait: Annotated[bool, typer.Option(help="show progress until the batch ends")] = False,
 ) -> None:
     """Queue a batch; prints its id on the last line."""
-    from jobs import progress, submit
+    from jobs import progress, submit, validate
     from jobs.migrate import ensure_schema
 
     source = submit.open_lines(_existing(input))
+    scan = validate.check(source(), name=str(input), endpoint=endpoint)  # before touching state
     ensure_schema()
     batch = submit.create_batch(
-        source, name=str(input), endpoint=endpoint, completion_window=completion_window
+        source, name=str(input), completion_window=completion_window, scan=scan
     )
     err.print(f"Queued {batch.request_total} requests.")
     if wait:
@@ -220,11 +221,12 @@ def main() -> None:
     try:
         app()
     except InputError as exc:
+        # plain text, never wrapped: one fault per line, each naming file and line
         if not exc.faults:
-            err.print(f"[red]error:[/] {exc.source}: no such file")
+            print(f"error: {exc.source}: no such file", file=sys.stderr)
         else:
-            err.print(f"[red]error:[/] {exc}\nNothing was submitted.", highlight=False)
+            print(f"error: {exc}\nNothing was submitted.", file=sys.stderr)
         sys.exit(2)
     except PromptqError as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False)
+        print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)

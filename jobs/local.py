@@ -107,15 +107,7 @@ class LocalDeployment:
             raise ServiceError(f"every worker exited; see the logs in {self.log_dir}")
 
     def stop(self) -> None:
-        for p in self.processes:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.processes:
-            try:
-                p.wait(WORKER_STOP_S)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
+        stop_processes(self.processes, WORKER_STOP_S)
         self.processes.clear()
         if self.redis is not None:
             self.redis.stop()
@@ -123,3 +115,16 @@ class LocalDeployment:
         if self.simulator is not None:
             self.simulator.stop()
             self.simulator = None
+
+
+def stop_processes(processes: list[subprocess.Popen[bytes]], timeout_s: float) -> None:
+    """SIGTERM (a worker hands its requests back), then SIGKILL the group of any that linger."""
+    for p in processes:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in processes:
+        try:
+            p.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import islice
+from urllib.parse import unquote
 
 from celery import Celery
 
@@ -33,7 +34,7 @@ def resolve_redis_url() -> str:
 def kombu_url(redis_url: str) -> str:
     """kombu spells a unix socket `redis+socket://`; redis-py spells it `unix://`."""
     if redis_url.startswith("unix://"):
-        return "redis+socket://" + redis_url.removeprefix("unix://")
+        return "redis+socket://" + unquote(redis_url.removeprefix("unix://"))
     return redis_url
 
 

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-26 23:30:12.564539
+Create Date: 2026-11-26 23:49:04.295071
 """
 
 from __future__ import annotations
@@ -125,7 +125,11 @@ def upgrade() -> None:
         sa.UniqueConstraint("batch_id", "custom_id", name="uq_requests_batch_id_custom_id"),
     )
     with op.batch_alter_table("requests", schema=None) as batch_op:
+        batch_op.create_index("ix_requests_batch_id_line", ["batch_id", "line"], unique=False)
         batch_op.create_index("ix_requests_batch_id_status", ["batch_id", "status"], unique=False)
+        batch_op.create_index(
+            "ix_requests_status_enqueued_at", ["status", "enqueued_at"], unique=False
+        )
         batch_op.create_index(
             "ix_requests_status_lease_until", ["status", "lease_until"], unique=False
         )
@@ -139,7 +143,9 @@ def downgrade() -> None:
     with op.batch_alter_table("requests", schema=None) as batch_op:
         batch_op.drop_index("ix_requests_status_not_before")
         batch_op.drop_index("ix_requests_status_lease_until")
+        batch_op.drop_index("ix_requests_status_enqueued_at")
         batch_op.drop_index("ix_requests_batch_id_status")
+        batch_op.drop_index("ix_requests_batch_id_line")
 
     op.drop_table("requests")
     with op.batch_alter_table("files", schema=None) as batch_op:

@@ -1,0 +1,5 @@
+"""`python -m jobs`: the `promptq` command."""
+
+from jobs.cli import main
+
+main()
