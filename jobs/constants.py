@@ -11,7 +11,7 @@ REDIS_PREFIX = "promptq:"
 CONCURRENCY_KEY = REDIS_PREFIX + "concurrency:"  # + upstream scope: ZSET of leases
 PAUSE_KEY = REDIS_PREFIX + "paused_until:"  # + upstream scope: epoch ms
 RPM_KEY = REDIS_PREFIX + "rpm:"  # + scope
-TPM_KEY = REDIS_PREFIX + "tpm:"  # + scope
+TPM_KEY = REDIS_PREFIX + "tpm:"  # + scope: ZSET; + ":sum" its total
 SWEEPER_LOCK_KEY = REDIS_PREFIX + "sweeper:lock"
 ADAPTIVE_KEY = REDIS_PREFIX + "adaptive:"  # + scope: effective concurrency
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -30,6 +31,8 @@ class Settings(BaseSettings):
     tpm: int | None = Field(default=None, ge=1)
     max_attempts: int = Field(default=5, ge=1)
     request_timeout_s: float = Field(default=600.0, gt=0)
+    # the HTTP API: an uploaded file past this size is refused with 413
+    max_upload_bytes: int = Field(default=200 * 1024 * 1024, ge=1)
 
     # Beyond INTERFACE.md: tuning that deployments rarely touch.
     lease_s: float = Field(default=60.0, gt=0)
@@ -37,10 +40,23 @@ class Settings(BaseSettings):
     requeue_after_s: float = Field(default=120.0, gt=0)
     ids_per_message: int = Field(default=16, ge=1)
     price_table: Path | None = None
+    # per-model overrides, JSON: {"o1-mini-2024-09-12": {"rpm": 500, "tpm": 200000,
+    # "max_concurrency": 8}}; limits are kept per upstream and model
+    model_limits: dict[str, dict[str, int]] = Field(default_factory=dict)
+
+    @property
+    def upstream_scope(self) -> str:
+        """The name limits are kept under for this upstream (its host and port)."""
+        return urlsplit(self.upstream_base_url).netloc or self.upstream_base_url
 
     @property
     def resolved_data_dir(self) -> Path:
         return self.data_dir.expanduser().resolve()
+
+    @property
+    def files_dir(self) -> Path:
+        """Where the HTTP API keeps uploaded files (one file per File row, named by its id)."""
+        return self.resolved_data_dir / "files"
 
     @property
     def resolved_database_url(self) -> str:

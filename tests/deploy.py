@@ -82,6 +82,15 @@ class Workers:
     def stop(self, timeout_s: float = 15) -> None:
         stop_processes(self.processes, timeout_s)
 
+    def errors(self) -> list[str]:
+        """Lines the workers logged at ERROR level (a healthy run has none)."""
+        return [
+            line
+            for f in sorted(self.log_dir.glob("worker-*.log"))
+            for line in f.read_text(errors="replace").splitlines()
+            if " ERROR " in line
+        ]
+
     def logs(self) -> str:
         return "\n".join(
             f"--- {f.name}\n{f.read_text(errors='replace')[-3000:]}"
@@ -99,3 +108,23 @@ def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str, poll_s: 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
         time.sleep(poll_s)
+
+
+def submit_and_wait(
+    path: Path, env: dict[str, str], workers: Workers, timeout_s: float = 120
+) -> dict[str, Any]:
+    """`promptq submit` a file, then poll `promptq status --json` until the batch ends."""
+    import json
+
+    submitted = promptq("submit", str(path), env=env)
+    assert submitted.returncode == 0, submitted.stderr
+    batch_id = submitted.stdout.strip().splitlines()[-1]
+
+    def ended() -> dict[str, Any] | None:
+        batch = json.loads(promptq("status", batch_id, "--json", env=env).stdout)
+        return batch if batch["status"] in ("completed", "failed", "cancelled", "expired") else None
+
+    batch: dict[str, Any] = wait_for(
+        ended, timeout_s, f"batch {batch_id} to end\n{workers.logs()}", 0.5
+    )
+    return batch

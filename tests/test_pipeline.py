@@ -169,6 +169,7 @@ def test_submit_status_and_results_work_with_postgresql_and_two_workers(
         batch = wait_for(finished, 120, f"batch {batch_id} to complete\n{workers.logs()}", 1.0)
     finally:
         workers.stop()
+    assert workers.errors() == []
     assert batch["request_counts"] == {"total": 200, "completed": 195, "failed": 5}
     assert batch["output_file_id"] and batch["error_file_id"]
     for stamp in ("created_at", "in_progress_at", "finalizing_at", "completed_at"):

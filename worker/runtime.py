@@ -13,17 +13,17 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
-from urllib.parse import urlsplit
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from jobs.models import utcnow
 from jobs.queue import resolve_redis_url
 from jobs.settings import Settings, get_settings
 from worker import store
-from worker.errors import PermanentUpstreamError, RetryableUpstreamError
-from worker.limits import ConcurrencyLimiter
-from worker.retry import RetryPolicy, next_delay_s
+from worker.errors import PermanentUpstreamError, RateLimitedError, RetryableUpstreamError
+from worker.estimate import estimate_tokens
+from worker.limits import Limits, ModelLimits
+from worker.retry import RetryPolicy, backoff_s, next_delay_s
 from worker.store import Claimed, Outcome
 from worker.upstream import UpstreamClient
 from worker.usage import PriceTable, Usage
@@ -33,7 +33,10 @@ log = logging.getLogger(__name__)
 
 # Waits up to this long happen inside the worker; longer ones go to the database.
 INLINE_RETRY_MAX_S = 5.0
+# Answers that say the upstream is overloaded (with timeouts and dropped connections).
+OVERLOAD_STATUSES = frozenset({429, 503, 504, 529})
 DB_THREADS = 4
+REDIS_CONNECTIONS = 32
 
 
 class Runtime:
@@ -69,9 +72,20 @@ class Runtime:
             timeout_s=s.request_timeout_s,
             max_connections=max(s.max_concurrency, 16),
         )
-        self.redis = Redis.from_url(resolve_redis_url())
-        scope = urlsplit(s.upstream_base_url).netloc or "upstream"
-        self.limiter = ConcurrencyLimiter(self.redis, scope, s.max_concurrency, s.lease_s)
+        # blocking pool: a burst of calls waits for a connection instead of failing
+        pool = BlockingConnectionPool.from_url(
+            resolve_redis_url(), max_connections=REDIS_CONNECTIONS, timeout=None
+        )
+        self.redis = Redis(connection_pool=pool)
+        self.limits = Limits(
+            self.redis,
+            s.upstream_scope,
+            max_concurrency=s.max_concurrency,
+            lease_s=s.lease_s,
+            rpm=s.rpm,
+            tpm=s.tpm,
+            overrides={m: ModelLimits(**v) for m, v in s.model_limits.items()},
+        )
         self.writer: GroupWriter[Outcome] = GroupWriter(store.record, self.db)
         self._heartbeat = asyncio.create_task(self._renew_forever())
 
@@ -106,7 +120,11 @@ class Runtime:
         while current is not None:
             self.held[current.id] = current.attempt
             try:
-                outcome = await self._attempt(current)
+                try:
+                    outcome = await self._attempt(current)
+                except Exception as exc:  # noqa: BLE001 - e.g. Redis down: try again later
+                    log.warning("request %s: %s; will retry", current.id, exc)
+                    outcome = self._retry_later(current, f"worker error: {exc}")
                 await self.writer.write(outcome)
             finally:
                 self.held.pop(current.id, None)
@@ -118,9 +136,26 @@ class Runtime:
                 current = again[0] if again else None
 
     async def _attempt(self, c: Claimed) -> Outcome:
+        body = c.body.encode()
+        estimate = estimate_tokens(c.url, json.loads(body))
         try:
-            async with self.limiter.slot():
-                answer = await self.client.call(c.url, c.body.encode())
+            async with self.limits.admit(c.model, estimate) as admission:
+                try:
+                    answer = await self.client.call(c.url, body)
+                except RateLimitedError as exc:
+                    await admission.overloaded(exc.retry_after_s or self.policy.base_s)
+                    raise
+                except RetryableUpstreamError as exc:
+                    if exc.status_code in OVERLOAD_STATUSES or exc.status_code is None:
+                        await admission.overloaded(None)
+                    else:
+                        await admission.failed()
+                    raise
+                except PermanentUpstreamError:
+                    await admission.failed()
+                    raise
+                usage = answer.usage or Usage()
+                await admission.succeeded(usage.total_tokens if answer.usage else None)
         except PermanentUpstreamError as exc:
             return self._failed(c, exc, exc.code or "upstream_error")
         except RetryableUpstreamError as exc:
@@ -136,7 +171,6 @@ class Runtime:
                 not_before=utcnow() + timedelta(seconds=delay_s),
                 held=delay_s <= INLINE_RETRY_MAX_S,
             )
-        usage = answer.usage or Usage()
         return Outcome(
             c,
             "succeeded",
@@ -146,6 +180,17 @@ class Runtime:
             latency_ms=answer.latency_ms,
             usage=usage,
             cost_usd=self.prices.cost_usd(c.model, usage),
+        )
+
+    def _retry_later(self, c: Claimed, message: str) -> Outcome:
+        delay_s = backoff_s(c.attempt, self.policy)
+        return Outcome(
+            c,
+            "retry",
+            error_code="worker_error",
+            error_message=message,
+            not_before=utcnow() + timedelta(seconds=delay_s),
+            held=delay_s <= INLINE_RETRY_MAX_S,
         )
 
     def _failed(
@@ -171,7 +216,7 @@ class Runtime:
             await asyncio.sleep(interval_s)
             try:
                 await self._db(store.renew, dict(self.held), self.settings.lease_s)
-                await self.limiter.renew()
+                await self.limits.renew()
             except Exception as exc:  # noqa: BLE001 - keep renewing; leases absorb a gap
                 log.warning("lease renewal failed: %s", exc)
 
