@@ -24,6 +24,7 @@ def get_app() -> Celery:
     import worker.tasks  # noqa: F401 - registers the task on the app
 
     signals.worker_ready.connect(_start_sweeper, weak=False)
+    signals.worker_shutting_down.connect(_drain, weak=False)
     signals.worker_shutdown.connect(_stop, weak=False)
     return app
 
@@ -34,6 +35,13 @@ def _start_sweeper(**_: Any) -> None:
 
     _sweeper = Sweeper(get_settings(), resolve_redis_url())
     _sweeper.start()
+
+
+def _drain(**_: Any) -> None:
+    # before Celery waits for running tasks: let them end fast by sending nothing new
+    from worker.runtime import drain_runtime
+
+    drain_runtime()
 
 
 def _stop(**_: Any) -> None:

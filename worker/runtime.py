@@ -53,6 +53,7 @@ class Runtime:
         self.db = ThreadPoolExecutor(DB_THREADS, thread_name_prefix="promptq-db")
         self.loop = asyncio.new_event_loop()
         self.held: dict[str, int] = {}  # request id -> attempt, for lease renewal
+        self.draining = False
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run_loop, name="promptq-loop", daemon=True)
         self._thread.start()
@@ -95,6 +96,10 @@ class Runtime:
         """Process these request ids; returns when every outcome is stored."""
         asyncio.run_coroutine_threadsafe(self.process(ids), self.loop).result()
 
+    def drain(self) -> None:
+        """Shutting down: send no new calls; requests not yet sent go back to the queue."""
+        self.draining = True
+
     def stop(self) -> None:
         """Give back what this process holds and close its connections."""
         if not self.loop.is_running():
@@ -129,7 +134,7 @@ class Runtime:
             finally:
                 self.held.pop(current.id, None)
             current = None
-            if outcome.kind == "retry" and outcome.held:
+            if outcome.kind == "retry" and outcome.held and not self.draining:
                 delay_s = (outcome.not_before - utcnow()).total_seconds()  # type: ignore[operator]
                 await asyncio.sleep(max(0.0, delay_s))
                 again = await self._db(store.claim, [claimed.id], self.settings.lease_s)
@@ -138,8 +143,13 @@ class Runtime:
     async def _attempt(self, c: Claimed) -> Outcome:
         body = c.body.encode()
         estimate = estimate_tokens(c.url, json.loads(body))
+        if self.draining:
+            return Outcome(c, "released")
         try:
             async with self.limits.admit(c.model, estimate) as admission:
+                if self.draining:  # shutting down: only calls already sent may finish
+                    await admission.failed()
+                    return Outcome(c, "released")
                 try:
                     answer = await self.client.call(c.url, body)
                 except RateLimitedError as exc:
@@ -247,6 +257,12 @@ def get_runtime() -> Runtime:
             _runtime = Runtime(get_settings())
             _runtime_pid = os.getpid()
         return _runtime
+
+
+def drain_runtime() -> None:
+    with _runtime_lock:
+        if _runtime is not None and _runtime_pid == os.getpid():
+            _runtime.drain()
 
 
 def stop_runtime() -> None:

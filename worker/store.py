@@ -36,7 +36,8 @@ class Claimed:
 
 @dataclass(slots=True)
 class Outcome:
-    """What became of one attempt: `succeeded`, `failed`, or `retry` (queued again)."""
+    """What became of one attempt: `succeeded`, `failed`, `retry` (queued again after
+    `not_before`) or `released` (never sent: back to the queue, the attempt not counted)."""
 
     claimed: Claimed
     kind: str
@@ -119,7 +120,7 @@ def record(outcomes: list[Outcome]) -> None:
             done = session.execute(
                 update(Request).where(_mine(o.claimed.id, o.claimed.attempt)).values(**values)
             ).rowcount  # type: ignore[attr-defined]
-            if not done or o.kind == "retry":
+            if not done or o.kind in ("retry", "released"):
                 continue
             t = totals[o.claimed.batch_id]
             t["request_completed" if o.kind == "succeeded" else "request_failed"] += 1
@@ -144,6 +145,13 @@ def record(outcomes: list[Outcome]) -> None:
 
 
 def _values(o: Outcome, now: datetime) -> dict[str, Any]:
+    if o.kind == "released":  # never sent: the attempt does not count
+        return {
+            "status": QUEUED,
+            "lease_until": None,
+            "enqueued_at": None,
+            "attempts": Request.attempts - 1,
+        }
     if o.kind == "retry":
         return {
             "status": QUEUED,
