@@ -14,6 +14,7 @@ Redis, and Lua scripts on Redis' clock make every decision atomic.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import secrets
 from collections.abc import AsyncIterator
@@ -58,19 +59,28 @@ class Concurrency:
         self.adaptive_key = ADAPTIVE_KEY + scope
         self.hard_limit = hard_limit
         self.lease_ms = int(lease_s * 1000)
+        self.pause_key = PAUSE_KEY + scope
         self._acquire = _lua(redis, "concurrency.lua")
+        self._release = _lua(redis, "release.lua")
         self._renew = _lua(redis, "renew.lua")
+        self._prefix = secrets.token_hex(6) + ":"
+        self._serial = itertools.count()
         self._adapt = _lua(redis, "adapt.lua")
         self._turn = asyncio.Lock()
         self._released = asyncio.Event()
         self.held: set[str] = set()
 
-    async def acquire(self) -> str:
-        token = secrets.token_hex(8)
+    async def acquire(self) -> tuple[str, int]:
+        """A slot's token, and the ms left of any 429 pause (read in the same round trip)."""
+        token = f"{self._prefix}{next(self._serial)}"
+        keys = [self.key, self.adaptive_key, self.pause_key]
         args = [self.lease_ms, self.hard_limit, token]
         async with self._turn:
             delay_s = POLL_MIN_S
-            while not await self._acquire(keys=[self.key, self.adaptive_key], args=args):
+            while True:
+                taken, paused_ms = await self._acquire(keys=keys, args=args)
+                if taken:
+                    break
                 self._released.clear()
                 try:
                     # a local release wakes us at once; other processes' releases are polled
@@ -78,12 +88,15 @@ class Concurrency:
                 except TimeoutError:
                     delay_s = min(delay_s * 2, POLL_MAX_S)
         self.held.add(token)
-        return token
+        return token, int(paused_ms)
 
-    async def release(self, token: str) -> None:
+    async def release(self, token: str, succeeded: bool = False) -> None:
+        """Give the slot back; a success also grows the adaptive limit (one round trip)."""
         self.held.discard(token)
         self._released.set()
-        await self.redis.zrem(self.key, token)
+        await self._release(
+            keys=[self.key, self.adaptive_key], args=[token, int(succeeded), self.hard_limit]
+        )
 
     async def renew(self) -> None:
         if self.held:
@@ -207,21 +220,25 @@ class Limits:
         before a 429 arrived must not go out during the pause.
         """
         model_cap, window = self._for_model(model)
-        token = await self.concurrency.acquire()
+        token, paused_ms = await self.concurrency.acquire()
         model_token = None
-        admission = Admission(self, window, secrets.token_hex(8), tokens, probe=False)
+        admission = Admission(self, window, token, tokens, probe=False)
         try:
-            model_token = await model_cap.acquire() if model_cap else None
+            if model_cap:
+                model_token, _ = await model_cap.acquire()
             if window.active:
                 await window.admit(admission.member, tokens)
-            admission.probe = await self.pause.wait()
+            # the slot's round trip read the pause; ask again only if it may have changed
+            if paused_ms or self.pause.after_pause or window.active or model_cap:
+                admission.probe = await self.pause.wait()
             yield admission
         finally:
-            if admission.probe and not admission.settled:
+            if admission.probe and admission.outcome is None:
                 self.pause.probe_finished(rate_limited=True)
-            await asyncio.shield(self.concurrency.release(token))
+            ok = admission.outcome == "ok"
+            await asyncio.shield(self.concurrency.release(token, ok))
             if model_cap and model_token:
-                await asyncio.shield(model_cap.release(model_token))
+                await asyncio.shield(model_cap.release(model_token, ok))
 
     async def renew(self) -> None:
         await self.concurrency.renew()
@@ -239,19 +256,18 @@ class Admission:
     member: str
     estimate: int
     probe: bool
-    settled: bool = False
+    outcome: str | None = None  # ok | overloaded | failed
 
     async def succeeded(self, actual_tokens: int | None) -> None:
-        self.settled = True
+        self.outcome = "ok"
         if self.probe:
             self.limits.pause.probe_finished(rate_limited=False)
         if actual_tokens is not None:
             await self.window.reconcile(self.member, self.estimate, actual_tokens)
-        await self.limits.concurrency.adapt(overloaded=False)
 
     async def overloaded(self, rate_limited_for_s: float | None) -> None:
         """A 429 (pause everyone for `rate_limited_for_s`), a 503 or a timeout."""
-        self.settled = True
+        self.outcome = "overloaded"
         if rate_limited_for_s is not None:
             await self.limits.pause.pause(rate_limited_for_s)
         if self.probe:
@@ -260,6 +276,6 @@ class Admission:
 
     async def failed(self) -> None:
         """Any other failure: no signal about load."""
-        self.settled = True
+        self.outcome = "failed"
         if self.probe:
             self.limits.pause.probe_finished(rate_limited=False)

@@ -27,7 +27,7 @@ def test_a_slot_is_given_only_when_one_is_free(redis_url: str) -> None:
     async def body(redis: Redis) -> None:
         slots = Concurrency(redis, "up", hard_limit=2, lease_s=30)
         other = Concurrency(redis, "up", hard_limit=2, lease_s=30)  # another process
-        a, _b = await slots.acquire(), await slots.acquire()
+        (a, _), _b = await slots.acquire(), await slots.acquire()
         third = asyncio.create_task(other.acquire())
         await asyncio.sleep(0.2)
         assert not third.done()
@@ -138,6 +138,27 @@ def test_the_adaptive_limit_caps_how_many_slots_are_given(redis_url: str) -> Non
         third.cancel()
 
     run(redis_url, body)
+
+
+def test_a_slot_reports_a_pause_in_the_same_round_trip(redis_url: str) -> None:
+    async def body(redis: Redis) -> int:
+        await Pause(redis, "up").pause(5)
+        _, paused_ms = await Concurrency(redis, "up", hard_limit=1, lease_s=30).acquire()
+        return paused_ms
+
+    assert 4000 < run(redis_url, body) <= 5000
+
+
+def test_a_successful_release_grows_a_lowered_limit(redis_url: str) -> None:
+    async def body(redis: Redis) -> float:
+        slots = Concurrency(redis, "up", hard_limit=10, lease_s=30)
+        await redis.set(slots.adaptive_key, "4")
+        token, _ = await slots.acquire()
+        await slots.release(token, succeeded=True)
+        assert await redis.zcard(slots.key) == 0
+        return float(await redis.get(slots.adaptive_key))
+
+    assert run(redis_url, body) == 4.25
 
 
 def test_limits_admit_through_pause_slots_and_window(redis_url: str) -> None:

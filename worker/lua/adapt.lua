@@ -1,4 +1,5 @@
 -- Adaptive concurrency (AIMD) shared by the cluster. KEYS[1] the effective limit (float).
+-- (release.lua does the additive step on the hot path; this script serves both ways.)
 -- ARGV[1] 'up' or 'down', ARGV[2] hard limit, ARGV[3] decrease factor, ARGV[4] min ms between
 -- decreases (one overload episode shrinks the limit once, not once per failed call)
 local hard = tonumber(ARGV[2])
