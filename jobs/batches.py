@@ -5,30 +5,51 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import exists, func, select, update
+from sqlalchemy import and_, exists, func, or_, select, update
 from sqlmodel import Session
 
 from jobs.errors import NotFoundError
 from jobs.models import (
     BATCH_TERMINAL,
     Batch,
+    BatchKind,
     BatchStatus,
     File,
     Request,
     RequestStatus,
     utcnow,
 )
-from jobs.results import error_lines, output_lines
-
-PENDING = (RequestStatus.QUEUED, RequestStatus.RUNNING)
+from jobs.results import PENDING, error_lines, output_lines
 
 
-def get_batch(session: Session, batch_id: str, owner: str | None = None) -> Batch:
-    """The batch, if it exists and `owner` (when given) may see it."""
+def get_batch(
+    session: Session, batch_id: str, owner: str | None = None, kind: BatchKind | None = None
+) -> Batch:
+    """The batch, if it exists and `owner` (when given) may see it, and of `kind` if given."""
     batch = session.get(Batch, batch_id)
-    if batch is None or (owner is not None and batch.owner != owner):
-        raise NotFoundError(f"no batch {batch_id!r}")
+    if (
+        batch is None
+        or (owner is not None and batch.owner != owner)
+        or (kind is not None and batch.kind != kind)
+    ):
+        raise NotFoundError(f"no {kind or 'batch'} {batch_id!r}")
     return batch
+
+
+def page(
+    session: Session, owner: str, kind: BatchKind, *, after: str | None, limit: int
+) -> tuple[list[Batch], bool]:
+    """One owner's batches (or jobs), newest first, those after `after`; and whether more follow."""
+    created: Any = Batch.created_at
+    ident: Any = Batch.id
+    stmt = select(Batch).where(Batch.owner == owner, Batch.kind == kind)  # type: ignore[arg-type]
+    if after is not None:
+        mark = get_batch(session, after, owner, kind)
+        stmt = stmt.where(
+            or_(created < mark.created_at, and_(created == mark.created_at, ident < mark.id))
+        )
+    rows = list(session.scalars(stmt.order_by(created.desc(), ident.desc()).limit(limit + 1)))
+    return rows[:limit], len(rows) > limit
 
 
 def cancel(session: Session, batch_id: str, owner: str | None = None) -> Batch:
@@ -155,12 +176,13 @@ def finalize_if_done(session: Session, batch_id: str) -> bool:
             Batch.status.in_([BatchStatus.IN_PROGRESS, BatchStatus.CANCELLING]),  # type: ignore[attr-defined]
         )
         .values(status=BatchStatus.FINALIZING, finalizing_at=now)
-        .returning(Batch.cancelling_at, Batch.expired_at, Batch.owner)
+        .returning(Batch.cancelling_at, Batch.expired_at, Batch.owner, Batch.kind)
     ).first()
     if won is None:
         return False
-    cancelling_at, expired_at, owner = won
-    files = _write_files(session, batch_id, owner)
+    cancelling_at, expired_at, owner, kind = won
+    # a job's result is shown inline on the job; files are for batches
+    files = _write_files(session, batch_id, owner) if kind == BatchKind.BATCH else {}
     if cancelling_at is not None:
         final = {"status": BatchStatus.CANCELLED, "cancelled_at": now}
     elif expired_at is not None:

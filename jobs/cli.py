@@ -22,9 +22,12 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+keys_app = typer.Typer(help="API keys for the HTTP API.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 
 out = Console()
-err = Console(stderr=True)
+# soft wrap: messages keep their lines whatever the terminal's width (and in logs)
+err = Console(stderr=True, soft_wrap=True)
 
 OutputOpt = Annotated[Path, typer.Option("-o", "--output", help="where to write results (JSONL)")]
 ErrorsOpt = Annotated[
@@ -33,17 +36,73 @@ ErrorsOpt = Annotated[
 ]
 
 
+API_GRACEFUL_STOP_S = 10
+
+
+InputArg = Annotated[
+    Path | None,
+    typer.Argument(help="OpenAI batch JSONL (or build requests with --template/--records)"),
+]
+TemplateOpt = Annotated[
+    Path | None, typer.Option(help="prompt template: {text} {path} {name}, or record {fields}")
+]
+FilesOpt = Annotated[
+    list[str] | None,
+    typer.Option("--files", help="glob of files, one request each (repeatable; ** recurses)"),
+]
+RecordsOpt = Annotated[Path | None, typer.Option(help="CSV or JSONL records, one request each")]
+ModelOpt = Annotated[str | None, typer.Option(help="model, with --template")]
+EndpointOpt = Annotated[
+    str | None, typer.Option(help="the batch's endpoint (default: the lines' url)")
+]
+
+
+def _source(
+    input: Path | None,
+    template: Path | None,
+    files: list[str] | None,
+    records: Path | None,
+    model: str | None,
+    endpoint: str | None,
+):  # type: ignore[no-untyped-def]
+    """The request lines, from a JSONL file or built from a template; and their name."""
+    from jobs import submit, templates
+
+    if template is None:
+        if input is None or files or records:
+            raise typer.BadParameter("give INPUT.jsonl, or --template with --files or --records")
+        return submit.open_lines(_existing(input)), str(input)
+    if input is not None or bool(files) == bool(records) or not model:
+        raise typer.BadParameter(
+            "--template takes --model and either --files or --records (and no INPUT)"
+        )
+    tmpl = templates.load_template(template)
+    url = endpoint or "/v1/responses"
+    if files:
+        cwd = Path.cwd()
+        found = templates.expand_globs(files, cwd)
+        lines = templates.file_lines(tmpl, found, cwd=cwd, model=model, endpoint=url)
+    else:
+        lines = templates.record_lines(tmpl, _existing(records), model=model, endpoint=url)
+    return (lambda: lines), str(template)
+
+
 def errors_path(output: Path, errors: Path | None) -> Path:
     return errors or output.with_name(output.stem + ".errors" + (output.suffix or ".jsonl"))
 
 
 @app.command()
 def run(
-    input: Annotated[Path, typer.Argument(help="OpenAI batch JSONL")],
     output: OutputOpt,
+    input: InputArg = None,
     errors: ErrorsOpt = None,
     workers: Annotated[int, typer.Option(help="worker processes to start")] = 1,
     fresh: Annotated[bool, typer.Option(help="start over even if this file ran before")] = False,
+    template: TemplateOpt = None,
+    files: FilesOpt = None,
+    records: RecordsOpt = None,
+    model: ModelOpt = None,
+    endpoint: EndpointOpt = None,
 ) -> None:
     """Run a whole batch on this machine: starts what it needs, shows progress, writes results."""
     from jobs import batches, progress, results, submit, validate
@@ -53,8 +112,8 @@ def run(
     from jobs.settings import get_settings
 
     settings = get_settings()
-    source = submit.open_lines(_existing(input))
-    scan = validate.check(source(), name=str(input))
+    source, name = _source(input, template, files, records, model, endpoint)
+    scan = validate.check(source(), name=name, endpoint=endpoint)
     ensure_schema()
     errors = errors_path(output, errors)
     try:
@@ -69,7 +128,7 @@ def run(
                     batches.resume(session, found.id, reclaim_running=deployment.owns_everything)
                     batch_id = found.id
             if found is None:
-                batch_id = submit.create_batch(source, name=str(input), scan=scan).id
+                batch_id = submit.create_batch(source, name=name, scan=scan).id
                 err.print(f"Submitted {batch_id}: {scan.requests} requests")
             final = progress.follow(batch_id, err, check=deployment.check_workers)
     except KeyboardInterrupt:
@@ -94,23 +153,23 @@ def run(
 
 @app.command(name="submit")
 def submit_cmd(
-    input: Annotated[Path, typer.Argument(help="OpenAI batch JSONL")],
-    endpoint: Annotated[
-        str | None, typer.Option(help="the batch's endpoint (default: the lines' url)")
-    ] = None,
+    input: InputArg = None,
+    endpoint: EndpointOpt = None,
     completion_window: Annotated[str, typer.Option(help="24h, 1h or 10m")] = "24h",
     wait: Annotated[bool, typer.Option(help="show progress until the batch ends")] = False,
+    template: TemplateOpt = None,
+    files: FilesOpt = None,
+    records: RecordsOpt = None,
+    model: ModelOpt = None,
 ) -> None:
     """Queue a batch; prints its id on the last line."""
     from jobs import progress, submit, validate
     from jobs.migrate import ensure_schema
 
-    source = submit.open_lines(_existing(input))
-    scan = validate.check(source(), name=str(input), endpoint=endpoint)  # before touching state
+    source, name = _source(input, template, files, records, model, endpoint)
+    scan = validate.check(source(), name=name, endpoint=endpoint)  # before touching state
     ensure_schema()
-    batch = submit.create_batch(
-        source, name=str(input), completion_window=completion_window, scan=scan
-    )
+    batch = submit.create_batch(source, name=name, completion_window=completion_window, scan=scan)
     err.print(f"Queued {batch.request_total} requests.")
     if wait:
         progress.follow(batch.id, err)
@@ -149,9 +208,36 @@ def status(
         ),
         ("cost", f"${obj['cost_usd']:.6f}"),
     ]
+    rows.append(("upstream", _limits_line()))
     for key, value in rows:
         table.add_row(f"[bold]{key}", str(value))
     out.print(table)
+
+
+def _limits_line() -> str:
+    """The fleet's shared limits now: in flight, effective (adaptive) concurrency, pause."""
+    from jobs.embedded import EmbeddedRedis
+    from jobs.fleet import limits_view
+    from jobs.settings import get_settings
+
+    settings = get_settings()
+    url = settings.redis_url
+    if not url:  # an embedded Redis is only looked at, never started, by `status`
+        embedded = EmbeddedRedis(settings.resolved_data_dir)
+        if not embedded.is_running():
+            return "idle (the embedded Redis is not running)"
+        url = embedded.url
+    try:
+        view = limits_view(settings, url)
+    except Exception as exc:  # noqa: BLE001 - status must work with Redis down
+        return f"limits unknown (Redis: {exc})"
+    line = (
+        f"{view['upstream']}: {view['in_flight']} in flight, effective concurrency "
+        f"{view['effective_concurrency']} of {view['max_concurrency']}"
+    )
+    if view["paused_for_s"]:
+        line += f", paused for {view['paused_for_s']:.1f} s after a 429"
+    return line
 
 
 @app.command()
@@ -200,6 +286,82 @@ def simulator(ctx: typer.Context) -> None:
     from jobs.simulator import main as simulator_main
 
     raise typer.Exit(simulator_main(ctx.args))
+
+
+@app.command()
+def api(
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
+) -> None:
+    """Serve the HTTP API (OpenAI's Files and Batches API; docs at /docs)."""
+    import uvicorn
+
+    from jobs.migrate import ensure_schema
+
+    ensure_schema()
+    uvicorn.run(
+        "jobs.api.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        proxy_headers=True,
+        # long polls last up to a minute; a stop should not wait that long for them
+        timeout_graceful_shutdown=API_GRACEFUL_STOP_S,
+    )
+
+
+@keys_app.command("create")
+def keys_create(
+    name: str,
+    owner: Annotated[
+        str | None,
+        typer.Option(help="whose files and batches the key sees (default: NAME)"),
+    ] = None,
+) -> None:
+    """Create a key; it is shown once, on the last line, and only its hash is stored."""
+    from jobs import keys
+    from jobs.db import session_scope
+    from jobs.migrate import ensure_schema
+
+    ensure_schema()
+    with session_scope() as session:
+        made = keys.create(session, name, owner)
+    err.print(f"Key {made.row.id} for owner {made.row.owner!r}; it is not shown again:")
+    print(made.plain)
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """List keys (their prefixes, never the keys)."""
+    from jobs import keys
+    from jobs.db import session_scope
+    from jobs.migrate import ensure_schema
+
+    ensure_schema()
+    with session_scope() as session:
+        rows = keys.list_keys(session)
+    # plain tab-separated lines: whole ids and prefixes whatever the terminal's width
+    print("id\tprefix\tname\towner\tcreated\trevoked")
+    for row in rows:
+        revoked = f"{row.revoked_at:%Y-%m-%d %H:%M}" if row.revoked_at else "-"
+        print(
+            f"{row.id}\t{row.prefix}...\t{row.name}\t{row.owner}\t"
+            f"{row.created_at:%Y-%m-%d %H:%M}\t{revoked}"
+        )
+
+
+@keys_app.command("revoke")
+def keys_revoke(name_or_id: str) -> None:
+    """Revoke the key with this id, or every active key with this name."""
+    from jobs import keys
+    from jobs.db import session_scope
+    from jobs.migrate import ensure_schema
+
+    ensure_schema()
+    with session_scope() as session:
+        revoked = keys.revoke(session, name_or_id)
+    for row in revoked:
+        out.print(f"revoked {row.id} ({row.name}, {row.prefix}...)")
 
 
 @db_app.command("upgrade")

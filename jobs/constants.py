@@ -13,6 +13,7 @@ PAUSE_KEY = REDIS_PREFIX + "paused_until:"  # + upstream scope: epoch ms
 RPM_KEY = REDIS_PREFIX + "rpm:"  # + scope
 TPM_KEY = REDIS_PREFIX + "tpm:"  # + scope: ZSET; + ":sum" its total
 SWEEPER_LOCK_KEY = REDIS_PREFIX + "sweeper:lock"
+DB_DOWN_KEY = REDIS_PREFIX + "sweeper:db_down"  # set while leases must not be taken back
 ADAPTIVE_KEY = REDIS_PREFIX + "adaptive:"  # + scope: effective concurrency
 
 # Batches' endpoints and the input lines' urls promptq accepts.

@@ -99,11 +99,25 @@ class UsageColumns(SQLModel):
     cost_usd: float = 0.0
 
 
+class BatchKind(StrEnum):
+    """A batch of lines from a file, or a single job (a batch of one, shown as a `job`)."""
+
+    BATCH = "batch"
+    JOB = "job"
+
+
 class Batch(UsageColumns, table=True):
     __tablename__ = "batches"
+    __table_args__ = (
+        # the API's lists: one owner's batches (or jobs), newest first
+        sa.Index("ix_batches_owner_kind_created_at", "owner", "kind", "created_at"),
+    )
 
     id: str = Field(default_factory=lambda: new_id("batch_"), primary_key=True, max_length=64)
     owner: str = Field(default="local", index=True, max_length=128)
+    kind: str = Field(
+        default=BatchKind.BATCH, max_length=16, sa_column_kwargs={"server_default": "batch"}
+    )
     endpoint: str = Field(max_length=64)
     status: str = Field(default=BatchStatus.VALIDATING, index=True, max_length=16)
     completion_window: str = Field(default="24h", max_length=16)

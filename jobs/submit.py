@@ -10,13 +10,14 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import insert, update
+from sqlmodel import Session
 
 from jobs import queue, validate
 from jobs.constants import COMPLETION_WINDOWS_S
 from jobs.db import session_scope
 from jobs.errors import InputError, LineFault
-from jobs.models import Batch, BatchStatus, Request, RequestStatus, new_id, utcnow
+from jobs.models import Batch, BatchKind, BatchStatus, Request, RequestStatus, new_id, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +45,15 @@ def create_batch(
     input_file_id: str | None = None,
     enqueue: bool = True,
     scan: validate.Scan | None = None,
+    kind: BatchKind = BatchKind.BATCH,
+    record_faults: bool = False,
 ) -> Batch:
     """Check every line, then store the batch and its requests in one transaction and queue them.
 
     On any bad line, raises InputError naming each bad line; nothing is written or queued.
+    With `record_faults` (the HTTP API, as OpenAI's Batch API), the batch is stored at once as
+    `validating`, visible while its lines are checked, and bad lines end it `failed` with
+    each fault in `errors` instead of raising; nothing runs either way.
     """
     if completion_window not in COMPLETION_WINDOWS_S:
         raise InputError(
@@ -61,36 +67,103 @@ def create_batch(
                 )
             ],
         )
-    if scan is None:
-        scan = validate.check(source(), name=name, endpoint=endpoint)
-    assert scan.endpoint is not None
     now = utcnow()
     batch = Batch(
+        id=new_id(f"{kind}_"),
+        kind=kind,
         owner=owner,
-        endpoint=scan.endpoint,
-        status=BatchStatus.IN_PROGRESS,
+        endpoint=endpoint or "",
+        status=BatchStatus.VALIDATING,
         completion_window=completion_window,
         input_file_id=input_file_id,
-        input_sha256=scan.sha256,
         source=name,
         batch_metadata=metadata,
-        request_total=scan.requests,
         created_at=now,
-        in_progress_at=now,
         expires_at=now + timedelta(seconds=COMPLETION_WINDOWS_S[completion_window]),
     )
-    ids: list[str] = []
+    if not record_faults:
+        scan = scan or validate.check(source(), name=name, endpoint=endpoint)
+        return _store(batch, source, scan, enqueue=enqueue)
     with session_scope() as session:
         session.add(batch)
-        session.flush()
+    try:
+        scan = scan or validate.scan(source(), endpoint=endpoint)
+        if scan.faults:
+            return _fail(batch.id, fault_entries(scan.faults, scan.more_faults))
+        return _store(batch, source, scan, enqueue=enqueue)
+    except BaseException:
+        # never leave a batch `validating` behind a failure of our own
+        _fail(batch.id, [_entry(None, "validation_aborted", "validation stopped unexpectedly")])
+        raise
+
+
+def _store(
+    batch: Batch, source: validate.LineSource, scan: validate.Scan, *, enqueue: bool
+) -> Batch:
+    """validating -> in_progress with every request inserted, in one transaction; then queue."""
+    assert scan.endpoint is not None
+    now = utcnow()
+    values = {
+        "status": BatchStatus.IN_PROGRESS,
+        "endpoint": scan.endpoint,
+        "input_sha256": scan.sha256,
+        "request_total": scan.requests,
+        "in_progress_at": now,
+    }
+    ids: list[str] = []
+    with session_scope() as session:
+        if session.get(Batch, batch.id) is None:
+            for column, value in values.items():
+                setattr(batch, column, value)
+            session.add(batch)
+            session.flush()
+        else:
+            moved = session.execute(
+                update(Batch)
+                .where(Batch.id == batch.id, Batch.status == BatchStatus.VALIDATING)  # type: ignore[arg-type]
+                .values(**values)
+            ).rowcount  # type: ignore[attr-defined]
+            if not moved:  # cancelled while its lines were checked: nothing to run
+                return _reload(session, batch.id)
         rows = (_row(batch.id, req, now) for req in validate.requests(source(), scan.endpoint))
         while chunk := list(islice(rows, INSERT_CHUNK)):
             session.execute(insert(Request), chunk)
             ids.extend(row["id"] for row in chunk)
+        stored = _reload(session, batch.id)
     log.info("batch %s stored with %d requests", batch.id, len(ids))
     if enqueue:
         publish_safely(ids)
+    return stored
+
+
+def _fail(batch_id: str, errors: list[dict[str, Any]]) -> Batch:
+    """validating -> failed, with its errors; nothing was inserted, nothing runs."""
+    with session_scope() as session:
+        session.execute(
+            update(Batch)
+            .where(Batch.id == batch_id, Batch.status == BatchStatus.VALIDATING)  # type: ignore[arg-type]
+            .values(status=BatchStatus.FAILED, failed_at=utcnow(), errors=errors)
+        )
+        return _reload(session, batch_id)
+
+
+def _reload(session: Session, batch_id: str) -> Batch:
+    batch = session.get(Batch, batch_id, populate_existing=True)
+    assert batch is not None
     return batch
+
+
+def _entry(line: int | None, code: str, message: str) -> dict[str, Any]:
+    # OpenAI's BatchError: code, line, message, param
+    return {"code": code, "line": line, "message": message, "param": None}
+
+
+def fault_entries(faults: list[LineFault], more: int = 0) -> list[dict[str, Any]]:
+    """A batch's `errors.data`: one entry per bad line (line None when no line is at fault)."""
+    entries = [_entry(f.line or None, f.code, f.message) for f in faults]
+    if more:
+        entries.append(_entry(None, "too_many_errors", f"and {more} more faulty line(s)"))
+    return entries
 
 
 def publish_safely(ids: list[str]) -> None:
@@ -99,6 +172,14 @@ def publish_safely(ids: list[str]) -> None:
         queue.publish(ids)
     except Exception as exc:  # noqa: BLE001 - the database already holds the work
         log.warning("could not queue %d requests now (%s); the sweeper will", len(ids), exc)
+        # NULL enqueued_at: the next sweep sends them, without waiting for them to go stale
+        with session_scope() as session:
+            for chunk in queue.chunked(ids, INSERT_CHUNK):
+                session.execute(
+                    update(Request)
+                    .where(Request.id.in_(chunk))  # type: ignore[attr-defined]
+                    .values(enqueued_at=None)
+                )
 
 
 def _row(batch_id: str, req: validate.RequestLine, now: Any) -> dict[str, Any]:

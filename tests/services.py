@@ -225,9 +225,11 @@ class PostgresServer:
                 if "could not bind" not in str(error) or attempt == _PORT_TRIES:
                     raise
 
-    def restart(self, timeout_s: float = 30) -> None:
-        """Fast stop (as an admin's restart: sessions cut), then start on the same data."""
+    def restart(self, timeout_s: float = 30, down_s: float = 0) -> None:
+        """Fast stop (as an admin's restart: sessions cut), stay down `down_s` (a failover
+        takes a while), then start on the same data."""
         self._stop("fast", timeout_s)
+        time.sleep(down_s)
         self._pg_ctl_start(timeout_s)
 
     def stop(self) -> None:

@@ -170,6 +170,9 @@ def test_submit_status_and_results_work_with_postgresql_and_two_workers(
     finally:
         workers.stop()
     assert workers.errors() == []
+    shown = promptq("status", batch_id, env=env).stdout
+    assert "195 succeeded" in shown and "5 failed" in shown
+    assert "effective concurrency 16 of 16" in shown
     assert batch["request_counts"] == {"total": 200, "completed": 195, "failed": 5}
     assert batch["output_file_id"] and batch["error_file_id"]
     for stamp in ("created_at", "in_progress_at", "finalizing_at", "completed_at"):
@@ -225,3 +228,31 @@ def test_a_bad_file_is_refused_with_its_line_and_nothing_is_written_or_queued(
     assert "Nothing was submitted" in refused.stderr
     assert not (tmp_path / "data" / "promptq.db").exists()
     assert redis_server.client().dbsize() == 0
+
+
+def test_run_builds_requests_from_a_template_over_a_tree_of_files(
+    tmp_path: Path, simulator: Any
+) -> None:
+    for n in range(12):
+        folder = tmp_path / "docs" / f"part{n % 3}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"note{n}.md").write_text(f"Note {n}: {{braces}} stay as they are.\n")
+    (tmp_path / "docs" / "logo.png").write_bytes(b"\x89PNG\x00")
+    (tmp_path / "prompt.txt").write_text("Summarise {name}:\n{text}")
+    env = {
+        "PROMPTQ_UPSTREAM_BASE_URL": simulator.base_url,
+        "COMETAPI_API_KEY": simulator.key,
+        "PROMPTQ_DATA_DIR": str(tmp_path / "data"),
+    }
+    args = ("run", "-o", "out.jsonl", "--template", "prompt.txt", "--model", MODEL)
+    refused = promptq(*args, "--files", "docs/**/*", env=env, cwd=tmp_path)
+    assert refused.returncode == 2
+    assert "docs/logo.png: binary file" in refused.stderr
+    done = promptq(*args, "--files", "docs/**/*.md", env=env, cwd=tmp_path, timeout_s=120)
+    assert done.returncode == 0, done.stderr
+    lines = read_jsonl(tmp_path / "out.jsonl")
+    assert len(lines) == 12
+    for line in lines:
+        path = Path(line["custom_id"])
+        expected = f"ECHO: Summarise {path.name}:\n" + (tmp_path / path).read_text()
+        assert answer_text(line["response"]["body"]) == expected

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import random
 import secrets
 from collections.abc import AsyncIterator
@@ -24,8 +25,11 @@ from importlib import resources
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from jobs.constants import ADAPTIVE_KEY, CONCURRENCY_KEY, PAUSE_KEY, RPM_KEY, TPM_KEY
+
+log = logging.getLogger(__name__)
 
 POLL_MIN_S = 0.002
 POLL_MAX_S = 0.02
@@ -236,9 +240,12 @@ class Limits:
             if admission.probe and admission.outcome is None:
                 self.pause.probe_finished(rate_limited=True)
             ok = admission.outcome == "ok"
-            await asyncio.shield(self.concurrency.release(token, ok))
-            if model_cap and model_token:
-                await asyncio.shield(model_cap.release(model_token, ok))
+            try:
+                await asyncio.shield(self.concurrency.release(token, ok))
+                if model_cap and model_token:
+                    await asyncio.shield(model_cap.release(model_token, ok))
+            except RedisError as exc:  # the lease expires instead; the call's outcome stands
+                log.warning("could not release a slot: %s", exc)
 
     async def renew(self) -> None:
         await self.concurrency.renew()

@@ -15,6 +15,11 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import BusyLoadingError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from jobs.models import utcnow
 from jobs.queue import resolve_redis_url
@@ -30,6 +35,14 @@ from worker.usage import PriceTable, Usage
 from worker.writer import GroupWriter
 
 log = logging.getLogger(__name__)
+
+# Failures of the services around a call (not of the call): the request goes back uncounted.
+INFRASTRUCTURE_ERRORS = (RedisConnectionError, RedisTimeoutError, BusyLoadingError)
+
+
+class ClaimFailed(Exception):
+    """The database could not be reached to claim a message's requests."""
+
 
 # Waits up to this long happen inside the worker; longer ones go to the database.
 INLINE_RETRY_MAX_S = 5.0
@@ -74,8 +87,14 @@ class Runtime:
             max_connections=max(s.max_concurrency, 16),
         )
         # blocking pool: a burst of calls waits for a connection instead of failing
+        # retries: a Redis restart breaks every pooled connection once; without them the
+        # first use of each fails, and an answer already paid for would be thrown away
         pool = BlockingConnectionPool.from_url(
-            resolve_redis_url(), max_connections=REDIS_CONNECTIONS, timeout=None
+            resolve_redis_url(),
+            max_connections=REDIS_CONNECTIONS,
+            timeout=None,
+            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError, BusyLoadingError],
         )
         self.redis = Redis(connection_pool=pool)
         self.limits = Limits(
@@ -114,7 +133,10 @@ class Runtime:
     # -- on the loop -----------------------------------------------------------------
 
     async def process(self, ids: list[str]) -> None:
-        claimed = await self._db(store.claim, ids, self.settings.lease_s)
+        try:
+            claimed = await self._db(store.claim, ids, self.settings.lease_s)
+        except Exception as exc:
+            raise ClaimFailed(str(exc)) from exc
         results = await asyncio.gather(*(self.execute(c) for c in claimed), return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
@@ -127,7 +149,10 @@ class Runtime:
             try:
                 try:
                     outcome = await self._attempt(current)
-                except Exception as exc:  # noqa: BLE001 - e.g. Redis down: try again later
+                except INFRASTRUCTURE_ERRORS as exc:  # Redis away: nothing was sent
+                    log.warning("request %s not sent: %s; back to the queue", current.id, exc)
+                    outcome = Outcome(current, "released")
+                except Exception as exc:  # noqa: BLE001 - counted, so a bug cannot loop
                     log.warning("request %s: %s; will retry", current.id, exc)
                     outcome = self._retry_later(current, f"worker error: {exc}")
                 await self.writer.write(outcome)
@@ -165,7 +190,10 @@ class Runtime:
                     await admission.failed()
                     raise
                 usage = answer.usage or Usage()
-                await admission.succeeded(usage.total_tokens if answer.usage else None)
+                try:
+                    await admission.succeeded(usage.total_tokens if answer.usage else None)
+                except Exception as exc:  # noqa: BLE001 - the answer is paid for: keep it
+                    log.warning("limiter bookkeeping failed after an answer: %s", exc)
         except PermanentUpstreamError as exc:
             return self._failed(c, exc, exc.code or "upstream_error")
         except RetryableUpstreamError as exc:

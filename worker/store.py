@@ -2,6 +2,9 @@
 
 Every write is conditional on the row still being in the state (and attempt) this worker
 put it in, so duplicate deliveries, expired leases and late answers never count twice.
+An answer that arrives after its lease was taken back still counts if nobody claimed the
+request since (the attempt number is unchanged): it was paid for, and it is the only one.
+Every text written here is scrubbed of the upstream key, whatever the upstream echoed.
 """
 
 from __future__ import annotations
@@ -12,14 +15,19 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, or_, select, update
+from sqlmodel import Session
 
 from jobs import batches
 from jobs.db import session_scope
 from jobs.models import Batch, Request, RequestStatus, utcnow
+from jobs.settings import get_settings
 from worker.usage import Usage
 
 RUNNING = RequestStatus.RUNNING
 QUEUED = RequestStatus.QUEUED
+REDACTED = "[redacted]"
+# Columns whose text comes from the upstream (a body, a header, an error it wrote).
+UPSTREAM_TEXT = ("upstream_request_id", "response_body", "error_code", "error_message")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,13 +64,14 @@ class Outcome:
 def claim(ids: list[str], lease_s: float) -> list[Claimed]:
     """queued -> running for those ids that are queued and due; the others are left alone."""
     now = utcnow()
+    where: tuple[Any, ...] = (
+        Request.id.in_(ids),  # type: ignore[attr-defined]
+        Request.status == QUEUED,
+        or_(Request.not_before.is_(None), Request.not_before <= now),  # type: ignore[union-attr,operator,arg-type]
+    )
     stmt = (
         update(Request)
-        .where(
-            Request.id.in_(ids),  # type: ignore[attr-defined]
-            Request.status == QUEUED,  # type: ignore[arg-type]
-            or_(Request.not_before.is_(None), Request.not_before <= now),  # type: ignore[union-attr,operator]
-        )
+        .where(*where)
         .values(
             status=RUNNING,
             attempts=Request.attempts + 1,
@@ -73,6 +82,7 @@ def claim(ids: list[str], lease_s: float) -> list[Claimed]:
         )
     )
     with session_scope() as session:
+        _lock_in_id_order(session, *where)
         return [Claimed(*row) for row in session.execute(stmt)]
 
 
@@ -81,12 +91,10 @@ def renew(held: dict[str, int], lease_s: float) -> None:
     if not held:
         return
     until = utcnow() + timedelta(seconds=lease_s)
+    where: tuple[Any, ...] = (Request.id.in_(list(held)), Request.status == RUNNING)  # type: ignore[attr-defined]
     with session_scope() as session:
-        session.execute(
-            update(Request)
-            .where(Request.id.in_(list(held)), Request.status == RUNNING)  # type: ignore[attr-defined,arg-type]
-            .values(lease_until=until)
-        )
+        _lock_in_id_order(session, *where)
+        session.execute(update(Request).where(*where).values(lease_until=until))
 
 
 def release(held: dict[str, int]) -> None:
@@ -94,12 +102,21 @@ def release(held: dict[str, int]) -> None:
     if not held:
         return
     with session_scope() as session:
-        for rid, attempt in held.items():
+        for rid, attempt in sorted(held.items()):
             session.execute(
                 update(Request)
                 .where(_mine(rid, attempt))
                 .values(status=QUEUED, lease_until=None, enqueued_at=None)
             )
+
+
+def _lock_in_id_order(session: Session, *where: Any) -> None:
+    """Lock the rows matching `where` in id order, before a write that takes several: every
+    such write (and `record`, row by row) locks in the same order, so two of them cannot
+    deadlock on PostgreSQL. SQLite locks the whole database and needs nothing."""
+    if session.get_bind().dialect.name != "sqlite":
+        rows = select(Request.id).where(*where).order_by(Request.id)  # type: ignore[call-overload,arg-type]
+        session.execute(rows.with_for_update())
 
 
 def _mine(rid: str, attempt: int) -> Any:
@@ -110,15 +127,28 @@ def _mine(rid: str, attempt: int) -> Any:
     )
 
 
+def _last_attempt(rid: str, attempt: int) -> Any:
+    """Still this attempt's to finish: running it, or queued again without a newer claim."""
+    return and_(
+        Request.id == rid,  # type: ignore[arg-type]
+        Request.status.in_([RUNNING, QUEUED]),  # type: ignore[attr-defined]
+        Request.attempts == attempt,  # type: ignore[arg-type]
+    )
+
+
 def record(outcomes: list[Outcome]) -> None:
     """Persist outcomes in one transaction, add them to their batches, finalize finished ones."""
     now = utcnow()
+    key = get_settings().upstream_key
     totals: dict[str, dict[str, Any]] = defaultdict(lambda: defaultdict(int))
     with session_scope() as session:
-        for o in outcomes:
-            values = _values(o, now)
+        # One lock order (by id) for every writer, so concurrent transactions cannot deadlock.
+        for o in sorted(outcomes, key=lambda o: o.claimed.id):
+            values = _scrubbed(_values(o, now), key)
             done = session.execute(
-                update(Request).where(_mine(o.claimed.id, o.claimed.attempt)).values(**values)
+                update(Request)
+                .where(_last_attempt(o.claimed.id, o.claimed.attempt))
+                .values(**values)
             ).rowcount  # type: ignore[attr-defined]
             if not done or o.kind in ("retry", "released"):
                 continue
@@ -142,6 +172,17 @@ def record(outcomes: list[Outcome]) -> None:
             ).first()
             if counts and counts[0] + counts[1] >= counts[2]:
                 batches.finalize_if_done(session, batch_id)
+
+
+def _scrubbed(values: dict[str, Any], key: str | None) -> dict[str, Any]:
+    """The values with the upstream key taken out of any text an upstream may have echoed
+    (the client redacts error bodies; a header or a success body could still carry it)."""
+    if key:
+        for name in UPSTREAM_TEXT:
+            text = values.get(name)
+            if isinstance(text, str) and key in text:
+                values[name] = text.replace(key, REDACTED)
+    return values
 
 
 def _values(o: Outcome, now: datetime) -> dict[str, Any]:
@@ -199,15 +240,15 @@ def expired_leases(now: datetime, limit: int = 1000) -> list[tuple[str, str, int
 
 def requeue(ids: list[str], now: datetime) -> None:
     """Expired leases back to queued, without a message (the sweeper sends one)."""
+    where: tuple[Any, ...] = (
+        Request.id.in_(ids),  # type: ignore[attr-defined]
+        Request.status == RUNNING,
+        Request.lease_until < now,  # type: ignore[operator]
+    )
     with session_scope() as session:
+        _lock_in_id_order(session, *where)
         session.execute(
-            update(Request)
-            .where(
-                Request.id.in_(ids),  # type: ignore[attr-defined]
-                Request.status == RUNNING,  # type: ignore[arg-type]
-                Request.lease_until < now,  # type: ignore[operator]
-            )
-            .values(status=QUEUED, lease_until=None, enqueued_at=None)
+            update(Request).where(*where).values(status=QUEUED, lease_until=None, enqueued_at=None)
         )
 
 
@@ -229,9 +270,7 @@ def due_unsent(now: datetime, stale_before: datetime | None, limit: int) -> list
     with session_scope() as session:
         ids = list(session.scalars(select(Request.id).where(*where).limit(limit)))
         if ids:
-            session.execute(
-                update(Request)
-                .where(Request.id.in_(ids), *where)  # type: ignore[attr-defined]
-                .values(enqueued_at=now)
-            )
+            chosen: tuple[Any, ...] = (Request.id.in_(ids), *where)  # type: ignore[attr-defined]
+            _lock_in_id_order(session, *chosen)
+            session.execute(update(Request).where(*chosen).values(enqueued_at=now))
         return ids

@@ -2,6 +2,12 @@
 
 It runs in a thread of every worker process; a Redis lock lets one of them sweep per
 interval, and every step is a conditional update, so two sweeps at once are still safe.
+
+An expired lease means its worker died, unless the database was unreachable: then live
+workers could not renew either. After a sweep finds the database down, no lease is taken
+back for one lease time, which gives every live worker a renewal once it is back; taking
+them back at once would throw away the answers those workers are about to store (each a
+call paid twice).
 """
 
 from __future__ import annotations
@@ -11,9 +17,12 @@ import threading
 from datetime import timedelta
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+from sqlalchemy.exc import DBAPIError
 
 from jobs import batches, queue
-from jobs.constants import SWEEPER_LOCK_KEY
+from jobs.constants import DB_DOWN_KEY, SWEEPER_LOCK_KEY
 from jobs.db import session_scope
 from jobs.models import utcnow
 from jobs.settings import Settings
@@ -23,14 +32,15 @@ from worker.store import Claimed, Outcome
 log = logging.getLogger(__name__)
 
 PUBLISH_LIMIT = 10_000
+# Set, for one lease time, by a sweep that could not reach the database.
 
 
-def sweep_once(settings: Settings) -> dict[str, int]:
+def sweep_once(settings: Settings, *, take_back_leases: bool = True) -> dict[str, int]:
     """One pass; returns what it did (for logs and tests)."""
     now = utcnow()
     done = {"requeued": 0, "failed": 0, "published": 0, "expired": 0, "finalized": 0}
 
-    lost = store.expired_leases(now)
+    lost = store.expired_leases(now) if take_back_leases else []
     poisoned = [row for row in lost if row[2] >= settings.max_attempts]
     if poisoned:
         store.record([_worker_lost(rid, bid, attempt) for rid, bid, attempt in poisoned])
@@ -79,8 +89,14 @@ class Sweeper(threading.Thread):
     def __init__(self, settings: Settings, redis_url: str) -> None:
         super().__init__(name="promptq-sweeper", daemon=True)
         self.settings = settings
-        self.redis = redis.Redis.from_url(redis_url)
+        # A Redis restart breaks every pooled connection: reconnect instead of failing once.
+        self.redis = redis.Redis.from_url(
+            redis_url,
+            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
+            retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+        )
         self.stopping = threading.Event()
+        self.lease_ms = int(settings.lease_s * 1000)
 
     def run(self) -> None:
         interval_s = self.settings.sweep_interval_s
@@ -88,11 +104,19 @@ class Sweeper(threading.Thread):
             try:
                 lock_ms = int(interval_s * 900)
                 if self.redis.set(SWEEPER_LOCK_KEY, "1", nx=True, px=lock_ms):
-                    did = sweep_once(self.settings)
-                    if any(did.values()):
-                        log.info("sweep: %s", did)
+                    self.sweep()
             except Exception as exc:  # noqa: BLE001 - a sweep failing must not end the thread
                 log.warning("sweep failed: %s", exc)
+
+    def sweep(self) -> None:
+        db_was_down = bool(self.redis.exists(DB_DOWN_KEY))
+        try:
+            did = sweep_once(self.settings, take_back_leases=not db_was_down)
+        except DBAPIError:
+            self.redis.set(DB_DOWN_KEY, "1", px=self.lease_ms)
+            raise
+        if any(did.values()):
+            log.info("sweep: %s", did)
 
     def stop(self) -> None:
         self.stopping.set()

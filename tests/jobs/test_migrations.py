@@ -24,6 +24,7 @@ EXPECTED = {
     | {
         "id",
         "owner",
+        "kind",
         "endpoint",
         "status",
         "completion_window",

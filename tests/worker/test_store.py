@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import select
 
 from jobs import submit
 from jobs.db import session_scope
 from jobs.models import Batch, File, Request, utcnow
+from jobs.settings import get_settings
 from worker import store
 from worker.store import Claimed, Outcome
 from worker.usage import Usage
@@ -116,3 +118,41 @@ def test_expired_leases_are_found_and_requeued(db: str) -> None:
     assert [row[0] for row in lost] == ids[:1]
     store.requeue([ids[0]], utcnow())
     assert store.due_unsent(utcnow(), None, 100) == ids[:1]
+
+
+def test_a_late_answer_counts_if_nobody_claimed_the_request_since_its_lease_was_taken_back(
+    db: str,
+) -> None:
+    batch_id, ids = make_batch(1)
+    (c,) = store.claim(ids, lease_s=-1)  # its worker stopped renewing (the database was down)
+    store.requeue([c.id], utcnow())  # the sweeper took it back; its message is not yet taken
+    store.record([success(c)])  # then the worker's answer arrives: it was paid, keep it
+    assert store.claim(ids, lease_s=60) == []  # the message sent again finds it done
+    with session_scope() as session:
+        batch = session.get(Batch, batch_id)
+        assert batch is not None
+        assert (batch.status, batch.request_completed, batch.total_tokens) == ("completed", 1, 30)
+
+
+def test_the_upstream_key_is_scrubbed_from_everything_stored(
+    db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = "sk-scrub-me-0123456789"
+    monkeypatch.setenv("COMETAPI_API_KEY", key)
+    get_settings.cache_clear()
+    _, ids = make_batch(2)
+    ok, refused = store.claim(ids, lease_s=60)
+    echoed = Outcome(
+        ok,
+        "succeeded",
+        status_code=200,
+        upstream_request_id=f"req_{key}",
+        response_body=json.dumps({"echo": f"Bearer {key}"}),
+    )
+    bad = Outcome(refused, "failed", status_code=401, error_code=key, error_message=f"no {key}")
+    store.record([echoed, bad])
+    with session_scope() as session:
+        rows = session.scalars(select(Request).where(Request.id.in_(ids)))  # type: ignore[attr-defined]
+        stored = " ".join(str(value) for row in rows for value in row.model_dump().values())
+    assert key not in stored
+    assert "req_[redacted]" in stored and "Bearer [redacted]" in stored
