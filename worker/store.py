@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, bindparam, or_, select, update
 from sqlmodel import Session
 
 from jobs import batches
@@ -23,6 +23,13 @@ from jobs.models import Batch, Request, RequestStatus, utcnow
 from jobs.settings import get_settings
 from worker.usage import Usage
 
+USAGE_COLUMNS = (
+    "input_tokens",
+    "cached_input_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+    "total_tokens",
+)
 RUNNING = RequestStatus.RUNNING
 QUEUED = RequestStatus.QUEUED
 REDACTED = "[redacted]"
@@ -127,43 +134,49 @@ def _mine(rid: str, attempt: int) -> Any:
     )
 
 
-def _last_attempt(rid: str, attempt: int) -> Any:
-    """Still this attempt's to finish: running it, or queued again without a newer claim."""
-    return and_(
-        Request.id == rid,  # type: ignore[arg-type]
-        Request.status.in_([RUNNING, QUEUED]),  # type: ignore[attr-defined]
-        Request.attempts == attempt,  # type: ignore[arg-type]
-    )
-
-
 def record(outcomes: list[Outcome]) -> None:
-    """Persist outcomes in one transaction, add them to their batches, finalize finished ones."""
+    """Persist outcomes in one transaction, add them to their batches, finalize finished ones.
+
+    One SELECT ... FOR UPDATE (in id order: concurrent writers cannot deadlock) finds which
+    outcomes still belong to their rows; then one executemany UPDATE per kind of outcome.
+    """
     now = utcnow()
     key = get_settings().upstream_key
+    by_id = {o.claimed.id: o for o in outcomes}
     totals: dict[str, dict[str, Any]] = defaultdict(lambda: defaultdict(int))
     with session_scope() as session:
-        # One lock order (by id) for every writer, so concurrent transactions cannot deadlock.
-        for o in sorted(outcomes, key=lambda o: o.claimed.id):
-            values = _scrubbed(_values(o, now), key)
-            done = session.execute(
-                update(Request)
-                .where(_last_attempt(o.claimed.id, o.claimed.attempt))
-                .values(**values)
-            ).rowcount  # type: ignore[attr-defined]
-            if not done or o.kind in ("retry", "released"):
+        rows = session.execute(
+            select(Request.id, Request.status, Request.attempts)
+            .where(Request.id.in_(sorted(by_id)))  # type: ignore[attr-defined]
+            .order_by(Request.id)  # type: ignore[arg-type]
+            .with_for_update()
+        ).all()
+        groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for rid, status, attempts in rows:
+            o = by_id[rid]
+            if status not in (RUNNING, QUEUED) or attempts != o.claimed.attempt:
+                # still this attempt's to finish: running it, or queued again (lease taken
+                # back) without a newer claim; otherwise a later attempt owns the row
+                continue
+            values = _scrubbed(_values(o, now, attempts), key)
+            groups[o.kind].append({"b_id": rid, **{f"v_{k}": v for k, v in values.items()}})
+            if o.kind in ("retry", "released"):
                 continue
             t = totals[o.claimed.batch_id]
             t["request_completed" if o.kind == "succeeded" else "request_failed"] += 1
-            for name in (
-                "input_tokens",
-                "cached_input_tokens",
-                "output_tokens",
-                "reasoning_tokens",
-                "total_tokens",
-            ):
+            for name in USAGE_COLUMNS:
                 t[name] += getattr(o.usage, name)
             t["cost_usd"] += o.cost_usd
-        for batch_id, t in totals.items():
+        table = Request.__table__  # type: ignore[attr-defined]
+        for params in groups.values():
+            columns = [k.removeprefix("v_") for k in params[0] if k != "b_id"]
+            stmt = (
+                table.update()
+                .where(table.c.id == bindparam("b_id"))
+                .values({c: bindparam(f"v_{c}", type_=table.c[c].type) for c in columns})
+            )
+            session.connection().execute(stmt, params)
+        for batch_id, t in sorted(totals.items()):
             counts = session.execute(
                 update(Batch)
                 .where(Batch.id == batch_id)  # type: ignore[arg-type]
@@ -185,13 +198,13 @@ def _scrubbed(values: dict[str, Any], key: str | None) -> dict[str, Any]:
     return values
 
 
-def _values(o: Outcome, now: datetime) -> dict[str, Any]:
+def _values(o: Outcome, now: datetime, attempts: int) -> dict[str, Any]:
     if o.kind == "released":  # never sent: the attempt does not count
         return {
             "status": QUEUED,
             "lease_until": None,
             "enqueued_at": None,
-            "attempts": Request.attempts - 1,
+            "attempts": attempts - 1,
         }
     if o.kind == "retry":
         return {
@@ -216,13 +229,7 @@ def _values(o: Outcome, now: datetime) -> dict[str, Any]:
         "error_message": o.error_message,
         "cost_usd": o.cost_usd,
     }
-    for name in (
-        "input_tokens",
-        "cached_input_tokens",
-        "output_tokens",
-        "reasoning_tokens",
-        "total_tokens",
-    ):
+    for name in USAGE_COLUMNS:
         values[name] = getattr(o.usage, name)
     return values
 
