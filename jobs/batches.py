@@ -83,6 +83,24 @@ def expire(session: Session, batch_id: str) -> None:
         finalize_if_done(session, batch_id)
 
 
+def fail_interrupted_validations(session: Session, before: datetime) -> int:
+    """Batches still `validating` since before `before`: the process validating them died
+    (validation itself takes seconds); they end `failed` and can be submitted again."""
+    now = utcnow()
+    error = {
+        "code": "validation_interrupted",
+        "line": None,
+        "message": "the server stopped while validating this batch's file; create it again",
+        "param": None,
+    }
+    result = session.execute(
+        update(Batch)
+        .where(Batch.status == BatchStatus.VALIDATING, Batch.created_at < before)  # type: ignore[arg-type,operator]
+        .values(status=BatchStatus.FAILED, failed_at=now, errors=[error])
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
 def overdue_batches(session: Session, now: datetime | None = None) -> list[str]:
     stmt = select(Batch.id).where(
         Batch.status == BatchStatus.IN_PROGRESS,  # type: ignore[arg-type]

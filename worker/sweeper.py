@@ -32,6 +32,8 @@ from worker.store import Claimed, Outcome
 log = logging.getLogger(__name__)
 
 PUBLISH_LIMIT = 10_000
+# A batch validating for longer than this lost the process validating it.
+VALIDATION_GIVEN_UP_S = 3600
 # Set, for one lease time, by a sweep that could not reach the database.
 
 
@@ -51,6 +53,9 @@ def sweep_once(settings: Settings, *, take_back_leases: bool = True) -> dict[str
         done["requeued"] = len(retry)
 
     with session_scope() as session:
+        done["failed"] += batches.fail_interrupted_validations(
+            session, now - timedelta(seconds=VALIDATION_GIVEN_UP_S)
+        )
         for batch_id in batches.overdue_batches(session, now):
             batches.expire(session, batch_id)
             done["expired"] += 1

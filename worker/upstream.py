@@ -121,6 +121,8 @@ class UpstreamClient:
             raise response
         latency_ms = (time.perf_counter() - started) * 1000
         request_id = response.headers.get("x-request-id")
+        if request_id is not None:  # an upstream (or a proxy) may echo what it was sent
+            request_id = self._redact(request_id)
 
         text = response.content.decode("utf-8", "replace")
         if not response.is_success:  # an error body may quote our request, key included

@@ -63,3 +63,30 @@ def test_after_the_database_was_down_no_lease_is_taken_back_for_one_lease_time(
     sweep.sweep()
     assert status_of(rid) == "queued"
     assert sweep.redis.llen("promptq") == 1  # and it was sent again
+
+
+def test_a_batch_left_validating_by_a_dead_process_ends_failed(
+    db: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from datetime import timedelta
+
+    from jobs.models import Batch, utcnow
+
+    apply_env(monkeypatch, {"PROMPTQ_REDIS_URL": redis_url})
+    with session_scope() as session:
+        session.add(
+            Batch(
+                id="batch_stuck",
+                endpoint="/v1/responses",
+                status="validating",
+                created_at=utcnow() - timedelta(hours=2),
+            )
+        )
+        session.add(Batch(id="batch_fresh", endpoint="/v1/responses", status="validating"))
+    sweeper.sweep_once(get_settings())
+    with session_scope() as session:
+        stuck, fresh = session.get(Batch, "batch_stuck"), session.get(Batch, "batch_fresh")
+        assert stuck is not None and fresh is not None
+        assert stuck.status == "failed" and stuck.failed_at is not None
+        assert stuck.errors and stuck.errors[0]["code"] == "validation_interrupted"
+        assert fresh.status == "validating"  # still being validated by a live process

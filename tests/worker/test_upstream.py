@@ -299,6 +299,13 @@ def test_the_key_never_appears_in_an_error_even_when_the_upstream_echoes_it() ->
     assert "Incorrect API key provided: [redacted]" in str(errors[0])
 
 
+def test_a_request_id_header_that_echoes_the_key_is_redacted() -> None:
+    answer = call(
+        answering(200, json=responses_body(), headers={"x-request-id": f"req-{KEY}-1"})
+    )
+    assert answer.request_id == "req-[redacted]-1"
+
+
 def test_the_client_repr_does_not_show_the_key() -> None:
     client = UpstreamClient(BASE, KEY, timeout_s=1, transport=httpx.MockTransport(answering(200)))
     assert KEY not in repr(client)
