@@ -105,9 +105,8 @@ def run(
     endpoint: EndpointOpt = None,
 ) -> None:
     """Run a whole batch on this machine: starts what it needs, shows progress, writes results."""
-    from jobs import batches, progress, results, submit, validate
+    from jobs import batches, results, validate
     from jobs.db import session_scope
-    from jobs.local import LocalDeployment
     from jobs.migrate import ensure_schema
     from jobs.settings import get_settings
 
@@ -116,6 +115,37 @@ def run(
     scan = validate.check(source(), name=name, endpoint=endpoint)
     ensure_schema()
     errors = errors_path(output, errors)
+    with session_scope() as session:
+        earlier = None if fresh else batches.find_resumable(session, scan.sha256)
+    if earlier is not None and earlier.status == "completed":
+        # nothing to run: no simulator, Redis or worker to start
+        err.print(
+            f"{earlier.id} already ran this file to completion; writing its results "
+            "(--fresh runs it again)"
+        )
+        final, batch_id = earlier, earlier.id
+    else:
+        final, batch_id = _run_deployment(settings, workers, fresh, source, name, scan)
+    with session_scope() as session:
+        done, failed = results.export(session, batch_id, output, errors)
+    err.print(
+        f"[bold]{final.status}[/]: {done} succeeded, {failed} ended otherwise; "
+        f"{final.total_tokens:,} tokens (reasoning {final.reasoning_tokens:,}, cached input "
+        f"{final.cached_input_tokens:,}), ${final.cost_usd:.4f}"
+    )
+    out.print(f"Results: {output}")
+    if failed:
+        out.print(f"Errors:  {errors}")
+    if final.status != "completed":
+        raise typer.Exit(1)
+
+
+def _run_deployment(settings, workers, fresh, source, name, scan):  # type: ignore[no-untyped-def]
+    """Start what the batch needs, resume or submit it, follow it to its end."""
+    from jobs import batches, progress, submit
+    from jobs.db import session_scope
+    from jobs.local import LocalDeployment
+
     try:
         with LocalDeployment(settings, workers=workers, say=err.print) as deployment:
             with session_scope() as session:
@@ -131,24 +161,13 @@ def run(
                 batch_id = submit.create_batch(source, name=name, scan=scan).id
                 err.print(f"Submitted {batch_id}: {scan.requests} requests")
             final = progress.follow(batch_id, err, check=deployment.check_workers)
+            return final, batch_id
     except KeyboardInterrupt:
         err.print(
             "\n[yellow]Interrupted; workers stopped. Finished results are stored: run the "
             "same command again to resume where this stopped.[/]"
         )
         raise typer.Exit(130) from None
-    with session_scope() as session:
-        done, failed = results.export(session, batch_id, output, errors)
-    err.print(
-        f"[bold]{final.status}[/]: {done} succeeded, {failed} ended otherwise; "
-        f"{final.total_tokens:,} tokens (reasoning {final.reasoning_tokens:,}, cached input "
-        f"{final.cached_input_tokens:,}), ${final.cost_usd:.4f}"
-    )
-    out.print(f"Results: {output}")
-    if failed:
-        out.print(f"Errors:  {errors}")
-    if final.status != "completed":
-        raise typer.Exit(1)
 
 
 @app.command(name="submit")

@@ -64,3 +64,9 @@ def test_an_interrupted_run_resumes_and_sends_only_unfinished_requests(
     assert len(sends) == count
     # only calls in flight at the interrupt may have been sent twice
     assert sum(n - 1 for n in sends.values()) <= 4
+
+    again = promptq("run", "in.jsonl", "-o", "again.jsonl", env=env, cwd=tmp_path, timeout_s=60)
+    assert again.returncode == 0, again.stderr
+    assert "already ran this file to completion" in " ".join(again.stderr.split())
+    assert (tmp_path / "again.jsonl").read_text() == (tmp_path / "out.jsonl").read_text()
+    assert simulator.stats()["requests_total"] == sum(sends.values())  # nothing sent again
