@@ -260,17 +260,79 @@ def _limits_line() -> str:
 
 
 @app.command()
-def results(batch_id: str, output: OutputOpt, errors: ErrorsOpt = None) -> None:
-    """Write the results so far in OpenAI batch output format."""
-    from jobs import batches
+def results(
+    batch_id: str,
+    output: OutputOpt,
+    errors: ErrorsOpt = None,
+    format: Annotated[
+        str, typer.Option("--format", help="jsonl (OpenAI's), csv (a table), dir (answer files)")
+    ] = "jsonl",
+) -> None:
+    """Write the results so far: OpenAI batch output lines, a CSV table, or a tree of answers."""
+    from jobs import batches, export
     from jobs import results as results_mod
     from jobs.db import session_scope
 
-    errors = errors_path(output, errors)
+    if format not in ("jsonl", "csv", "dir"):
+        raise typer.BadParameter("--format must be jsonl, csv or dir")
     with session_scope() as session:
         batches.get_batch(session, batch_id)
+        if format == "csv":
+            rows = export.write_csv(session, batch_id, output)
+            out.print(f"{rows} rows in {output}")
+            return
+        if format == "dir":
+            files, failed = export.write_tree(session, batch_id, output)
+            out.print(
+                f"{files} answer files under {output}; {failed} errors in "
+                f"{output / export.ERRORS_FILE}"
+            )
+            return
+        errors = errors_path(output, errors)
         done, failed = results_mod.export(session, batch_id, output, errors)
     out.print(f"{done} results in {output}; {failed} errors in {errors}")
+
+
+@app.command()
+def usage(
+    by: Annotated[str, typer.Option(help="model, day, key or batch")] = "model",
+    since: Annotated[
+        str | None, typer.Option(help="only requests finished since (ISO date)")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON instead of a table")] = False,
+) -> None:
+    """Tokens and cost spent, summed by model, day, key or batch."""
+    from datetime import UTC, datetime
+
+    from jobs import usage as usage_mod
+    from jobs.db import session_scope
+    from jobs.migrate import ensure_schema
+
+    start = None
+    if since:
+        try:
+            start = datetime.fromisoformat(since)
+        except ValueError as exc:
+            raise typer.BadParameter(f"--since {since!r} is not an ISO date") from exc
+        start = start if start.tzinfo else start.replace(tzinfo=UTC)
+    ensure_schema()
+    with session_scope() as session:
+        try:
+            rows = usage_mod.summary(session, by, start)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from exc
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(by, "requests", "input", "cached", "output", "reasoning", "total", "cost")
+    for row in rows:
+        table.add_row(
+            row[by],
+            f"{row['requests']:,}",
+            *(f"{row[n]:,}" for n in usage_mod.USAGE[:5]),
+            f"${row['cost_usd']:.4f}",
+        )
+    out.print(table)
 
 
 @app.command()

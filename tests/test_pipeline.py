@@ -256,3 +256,12 @@ def test_run_builds_requests_from_a_template_over_a_tree_of_files(
         path = Path(line["custom_id"])
         expected = f"ECHO: Summarise {path.name}:\n" + (tmp_path / path).read_text()
         assert answer_text(line["response"]["body"]) == expected
+
+    db = sqlite3.connect(tmp_path / "data" / "promptq.db")
+    (batch_id,) = db.execute("SELECT id FROM batches WHERE status = 'completed'").fetchone()
+    tree = promptq("results", batch_id, "--format", "dir", "-o", "answers", env=env, cwd=tmp_path)
+    assert tree.returncode == 0, tree.stderr
+    written = sorted(
+        p.relative_to(tmp_path / "answers") for p in (tmp_path / "answers").rglob("*.answer.md")
+    )
+    assert written == sorted(Path(line["custom_id"] + ".answer.md") for line in lines)

@@ -1,0 +1,55 @@
+"""What was spent: token usage and cost summed by model, day, key (owner) or batch."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlmodel import Session
+
+from jobs.models import Batch, Request
+
+USAGE = (
+    "input_tokens",
+    "cached_input_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+    "total_tokens",
+    "cost_usd",
+)
+
+
+def summary(session: Session, by: str, since: datetime | None = None) -> list[dict[str, Any]]:
+    """One row per group of finished requests, largest cost first."""
+    groups = {
+        "model": Request.model,
+        "day": func.date(Request.finished_at),
+        "key": Batch.owner,
+        "batch": Request.batch_id,
+    }
+    if by not in groups:
+        raise ValueError(f"--by must be one of {', '.join(groups)}")
+    key = groups[by].label(by)
+    sums = [func.coalesce(func.sum(getattr(Request, name)), 0).label(name) for name in USAGE]
+    stmt = (
+        select(key, func.count().label("requests"), *sums)
+        .select_from(Request)
+        .join(Batch, Batch.id == Request.batch_id)  # type: ignore[arg-type]
+        .where(Request.finished_at.is_not(None))  # type: ignore[union-attr]
+        .group_by(key)
+        .order_by(func.sum(Request.cost_usd).desc(), key)
+    )
+    if since is not None:
+        stmt = stmt.where(Request.finished_at >= since)  # type: ignore[operator]
+    return [
+        {
+            by: str(row[0]),
+            "requests": int(row[1]),
+            **{
+                name: (float(v) if name == "cost_usd" else int(v))
+                for name, v in zip(USAGE, row[2:], strict=True)
+            },
+        }
+        for row in session.execute(stmt)
+    ]
