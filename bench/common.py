@@ -20,7 +20,18 @@ __all__ = ["PostgresServer", "RedisServer", "commit", "write_batch", "promptq", 
 MODEL = "o1-mini-2024-09-12"
 
 
+_commit_at_start: str | None = None
+
+
 def commit() -> str:
+    """The commit a run started on (taken once, at the first call: call it early)."""
+    global _commit_at_start
+    if _commit_at_start is None:
+        _commit_at_start = _current_commit()
+    return _commit_at_start
+
+
+def _current_commit() -> str:
     sha = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
     ).stdout.strip()
@@ -67,3 +78,8 @@ def record(name: str, figures: dict[str, Any]) -> None:
     out.mkdir(exist_ok=True)
     with (out / f"{name}.jsonl").open("a") as f:
         f.write(json.dumps(figures) + "\n")
+
+
+# A bench imports this module as it starts: the commit it records is the one it started on,
+# even if the tree changes while it runs.
+commit()

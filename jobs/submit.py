@@ -10,7 +10,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import insert, update
+from sqlalchemy import insert, select, update
 from sqlmodel import Session
 
 from jobs import queue, validate
@@ -22,6 +22,7 @@ from jobs.models import Batch, BatchKind, BatchStatus, Request, RequestStatus, n
 log = logging.getLogger(__name__)
 
 INSERT_CHUNK = 1000
+PUBLISH_PAGE = 10_000
 
 
 def open_lines(path: Path) -> validate.LineSource:
@@ -110,7 +111,6 @@ def _store(
         "request_total": scan.requests,
         "in_progress_at": now,
     }
-    ids: list[str] = []
     with session_scope() as session:
         if session.get(Batch, batch.id) is None:
             for column, value in values.items():
@@ -128,12 +128,29 @@ def _store(
         rows = (_row(batch.id, req, now) for req in validate.requests(source(), scan.endpoint))
         while chunk := list(islice(rows, INSERT_CHUNK)):
             session.execute(insert(Request), chunk)
-            ids.extend(row["id"] for row in chunk)
         stored = _reload(session, batch.id)
-    log.info("batch %s stored with %d requests", batch.id, len(ids))
+    log.info("batch %s stored with %d requests", batch.id, scan.requests)
     if enqueue:
-        publish_safely(ids)
+        publish_batch(batch.id)
     return stored
+
+
+def publish_batch(batch_id: str) -> None:
+    """Queue a stored batch's requests, read back in input order a page at a time: memory
+    stays flat whatever the batch's size, and each page is a short transaction."""
+    after = 0
+    while True:
+        with session_scope() as session:
+            page = session.execute(
+                select(Request.id, Request.line)
+                .where(Request.batch_id == batch_id, Request.line > after)  # type: ignore[arg-type,operator]
+                .order_by(Request.line)  # type: ignore[arg-type]
+                .limit(PUBLISH_PAGE)
+            ).all()
+        if not page:
+            return
+        publish_safely([rid for rid, _ in page])
+        after = page[-1][1]
 
 
 def _fail(batch_id: str, errors: list[dict[str, Any]]) -> Batch:

@@ -300,9 +300,7 @@ def test_the_key_never_appears_in_an_error_even_when_the_upstream_echoes_it() ->
 
 
 def test_a_request_id_header_that_echoes_the_key_is_redacted() -> None:
-    answer = call(
-        answering(200, json=responses_body(), headers={"x-request-id": f"req-{KEY}-1"})
-    )
+    answer = call(answering(200, json=responses_body(), headers={"x-request-id": f"req-{KEY}-1"}))
     assert answer.request_id == "req-[redacted]-1"
 
 
