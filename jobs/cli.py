@@ -260,6 +260,18 @@ def _limits_line() -> str:
 
 
 @app.command()
+def watch(batch_id: str) -> None:
+    """Live progress of a batch (done, failed, tokens, cost, rate, ETA) until it ends."""
+    from jobs import batches, progress
+    from jobs.db import session_scope
+
+    with session_scope() as session:
+        batches.get_batch(session, batch_id)
+    final = progress.follow(batch_id, err)
+    out.print(f"{batch_id}: {final.status}")
+
+
+@app.command()
 def results(
     batch_id: str,
     output: OutputOpt,

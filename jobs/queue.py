@@ -56,7 +56,9 @@ def celery_config(redis_url: str) -> dict[str, object]:
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         "worker_hijack_root_logger": False,
-        "worker_send_task_events": False,
+        # task events on, so Flower (or `celery events`) can watch the fleet
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
         "broker_heartbeat": 0,
     }
 

@@ -170,6 +170,8 @@ def test_submit_status_and_results_work_with_postgresql_and_two_workers(
     finally:
         workers.stop()
     assert workers.errors() == []
+    watched = promptq("watch", batch_id, env=env)
+    assert watched.returncode == 0 and f"{batch_id}: completed" in watched.stdout
     shown = promptq("status", batch_id, env=env).stdout
     assert "195 succeeded" in shown and "5 failed" in shown
     assert "effective concurrency 16 of 16" in shown
