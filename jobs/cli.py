@@ -52,6 +52,10 @@ FilesOpt = Annotated[
 ]
 RecordsOpt = Annotated[Path | None, typer.Option(help="CSV or JSONL records, one request each")]
 ModelOpt = Annotated[str | None, typer.Option(help="model, with --template")]
+NotBeforeOpt = Annotated[
+    str | None,
+    typer.Option(help="send nothing before TIME: ISO 8601 (local without an offset) or HH:MM"),
+]
 EndpointOpt = Annotated[
     str | None, typer.Option(help="the batch's endpoint (default: the lines' url)")
 ]
@@ -87,6 +91,12 @@ def _source(
     return (lambda: lines), str(template)
 
 
+def _not_before(text: str | None):  # type: ignore[no-untyped-def]
+    from jobs.schedule import parse_time
+
+    return parse_time(text) if text else None
+
+
 def errors_path(output: Path, errors: Path | None) -> Path:
     return errors or output.with_name(output.stem + ".errors" + (output.suffix or ".jsonl"))
 
@@ -103,6 +113,7 @@ def run(
     records: RecordsOpt = None,
     model: ModelOpt = None,
     endpoint: EndpointOpt = None,
+    not_before: NotBeforeOpt = None,
 ) -> None:
     """Run a whole batch on this machine: starts what it needs, shows progress, writes results."""
     from jobs import batches, results, validate
@@ -113,6 +124,7 @@ def run(
     settings = get_settings()
     source, name = _source(input, template, files, records, model, endpoint)
     scan = validate.check(source(), name=name, endpoint=endpoint)
+    start = _not_before(not_before)
     ensure_schema()
     errors = errors_path(output, errors)
     with session_scope() as session:
@@ -125,7 +137,7 @@ def run(
         )
         final, batch_id = earlier, earlier.id
     else:
-        final, batch_id = _run_deployment(settings, workers, fresh, source, name, scan)
+        final, batch_id = _run_deployment(settings, workers, fresh, source, name, scan, start)
     with session_scope() as session:
         done, failed = results.export(session, batch_id, output, errors)
     err.print(
@@ -140,7 +152,7 @@ def run(
         raise typer.Exit(1)
 
 
-def _run_deployment(settings, workers, fresh, source, name, scan):  # type: ignore[no-untyped-def]
+def _run_deployment(settings, workers, fresh, source, name, scan, start):  # type: ignore[no-untyped-def]
     """Start what the batch needs, resume or submit it, follow it to its end."""
     from jobs import batches, progress, submit
     from jobs.db import session_scope
@@ -158,7 +170,7 @@ def _run_deployment(settings, workers, fresh, source, name, scan):  # type: igno
                     batches.resume(session, found.id, reclaim_running=deployment.owns_everything)
                     batch_id = found.id
             if found is None:
-                batch_id = submit.create_batch(source, name=name, scan=scan).id
+                batch_id = submit.create_batch(source, name=name, scan=scan, not_before=start).id
                 err.print(f"Submitted {batch_id}: {scan.requests} requests")
             final = progress.follow(batch_id, err, check=deployment.check_workers)
             return final, batch_id
@@ -180,6 +192,7 @@ def submit_cmd(
     files: FilesOpt = None,
     records: RecordsOpt = None,
     model: ModelOpt = None,
+    not_before: NotBeforeOpt = None,
 ) -> None:
     """Queue a batch; prints its id on the last line."""
     from jobs import progress, submit, validate
@@ -187,8 +200,13 @@ def submit_cmd(
 
     source, name = _source(input, template, files, records, model, endpoint)
     scan = validate.check(source(), name=name, endpoint=endpoint)  # before touching state
+    start = _not_before(not_before)
     ensure_schema()
-    batch = submit.create_batch(source, name=name, completion_window=completion_window, scan=scan)
+    batch = submit.create_batch(
+        source, name=name, completion_window=completion_window, scan=scan, not_before=start
+    )
+    if start is not None:
+        err.print(f"Nothing is sent before {start.astimezone():%Y-%m-%d %H:%M:%S %Z}.")
     err.print(f"Queued {batch.request_total} requests.")
     if wait:
         progress.follow(batch.id, err)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,7 @@ def create_batch(
     scan: validate.Scan | None = None,
     kind: BatchKind = BatchKind.BATCH,
     record_faults: bool = False,
+    not_before: datetime | None = None,
 ) -> Batch:
     """Check every line, then store the batch and its requests in one transaction and queue them.
 
@@ -80,18 +81,20 @@ def create_batch(
         source=name,
         batch_metadata=metadata,
         created_at=now,
-        expires_at=now + timedelta(seconds=COMPLETION_WINDOWS_S[completion_window]),
+        # the completion window runs from when the batch may start
+        expires_at=max(now, not_before or now)
+        + timedelta(seconds=COMPLETION_WINDOWS_S[completion_window]),
     )
     if not record_faults:
         scan = scan or validate.check(source(), name=name, endpoint=endpoint)
-        return _store(batch, source, scan, enqueue=enqueue)
+        return _store(batch, source, scan, enqueue=enqueue, not_before=not_before)
     with session_scope() as session:
         session.add(batch)
     try:
         scan = scan or validate.scan(source(), endpoint=endpoint)
         if scan.faults:
             return _fail(batch.id, fault_entries(scan.faults, scan.more_faults))
-        return _store(batch, source, scan, enqueue=enqueue)
+        return _store(batch, source, scan, enqueue=enqueue, not_before=not_before)
     except BaseException:
         # never leave a batch `validating` behind a failure of our own
         _fail(batch.id, [_entry(None, "validation_aborted", "validation stopped unexpectedly")])
@@ -99,7 +102,12 @@ def create_batch(
 
 
 def _store(
-    batch: Batch, source: validate.LineSource, scan: validate.Scan, *, enqueue: bool
+    batch: Batch,
+    source: validate.LineSource,
+    scan: validate.Scan,
+    *,
+    enqueue: bool,
+    not_before: datetime | None = None,
 ) -> Batch:
     """validating -> in_progress with every request inserted, in one transaction; then queue."""
     assert scan.endpoint is not None
@@ -125,12 +133,16 @@ def _store(
             ).rowcount  # type: ignore[attr-defined]
             if not moved:  # cancelled while its lines were checked: nothing to run
                 return _reload(session, batch.id)
-        rows = (_row(batch.id, req, now) for req in validate.requests(source(), scan.endpoint))
+        later = not_before is not None and not_before > now
+        rows = (
+            _row(batch.id, req, now, not_before if later else None)
+            for req in validate.requests(source(), scan.endpoint)
+        )
         while chunk := list(islice(rows, INSERT_CHUNK)):
             session.execute(insert(Request), chunk)
         stored = _reload(session, batch.id)
     log.info("batch %s stored with %d requests", batch.id, scan.requests)
-    if enqueue:
+    if enqueue and not later:  # scheduled requests are sent by the sweeper when due
         publish_batch(batch.id)
     return stored
 
@@ -199,7 +211,9 @@ def publish_safely(ids: list[str]) -> None:
                 )
 
 
-def _row(batch_id: str, req: validate.RequestLine, now: Any) -> dict[str, Any]:
+def _row(
+    batch_id: str, req: validate.RequestLine, now: Any, not_before: datetime | None = None
+) -> dict[str, Any]:
     return {
         "id": new_id("batch_req_"),
         "batch_id": batch_id,
@@ -211,6 +225,8 @@ def _row(batch_id: str, req: validate.RequestLine, now: Any) -> dict[str, Any]:
         "body": json.dumps(req.body, ensure_ascii=False, separators=(",", ":")),
         "status": RequestStatus.QUEUED,
         "attempts": 0,
-        "enqueued_at": now,
+        # NULL: no message yet; the sweeper sends it once `not_before` has passed
+        "enqueued_at": None if not_before else now,
+        "not_before": not_before,
         "created_at": now,
     }

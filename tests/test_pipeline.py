@@ -267,3 +267,41 @@ def test_run_builds_requests_from_a_template_over_a_tree_of_files(
         p.relative_to(tmp_path / "answers") for p in (tmp_path / "answers").rglob("*.answer.md")
     )
     assert written == sorted(Path(line["custom_id"] + ".answer.md") for line in lines)
+
+
+def test_nothing_reaches_the_upstream_before_not_before(
+    tmp_path: Path, simulator: Any, redis_url: str
+) -> None:
+    import time
+    from datetime import UTC, datetime, timedelta
+
+    write_batch(tmp_path / "in.jsonl", 20)
+    env = {
+        "PROMPTQ_UPSTREAM_BASE_URL": simulator.base_url,
+        "COMETAPI_API_KEY": simulator.key,
+        "PROMPTQ_DATA_DIR": str(tmp_path / "data"),
+        "PROMPTQ_REDIS_URL": redis_url,
+        "PROMPTQ_SWEEP_INTERVAL_S": "0.5",
+    }
+    workers = Workers(env, tmp_path / "logs").start(1)
+    try:
+        start = datetime.now(UTC) + timedelta(seconds=6)
+        submitted = promptq(
+            "submit", str(tmp_path / "in.jsonl"), "--not-before", start.isoformat(), env=env
+        )
+        assert submitted.returncode == 0, submitted.stderr
+        assert "Nothing is sent before" in submitted.stderr
+        batch_id = submitted.stdout.strip().splitlines()[-1]
+        time.sleep(3)
+        assert simulator.stats()["requests_total"] == 0  # workers are up, but it is too early
+
+        def completed() -> bool:
+            shown = promptq("status", batch_id, "--json", env=env)
+            return json.loads(shown.stdout)["status"] == "completed"
+
+        wait_for(completed, 60, f"batch {batch_id} to complete\n{workers.logs()}", 0.5)
+    finally:
+        workers.stop()
+    first_call = min(entry["t_start"] for entry in simulator.log())
+    assert first_call >= start.timestamp()
+    assert len(simulator.log()) == 20
