@@ -1,104 +1,28 @@
-"""The `promptq` command line: thin commands over submit, batches, results and the deployment."""
+"""The batch commands: run, submit, status, watch, results, usage, cancel."""
 
 from __future__ import annotations
 
 import json
-import os
-import sys
-from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from jobs.errors import InputError, PromptqError
-
-app = typer.Typer(
-    help="promptq: run thousands of LLM prompts reliably, with usage and cost accounting.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
+from jobs.cli.app import app, err, out
+from jobs.cli.inputs import (
+    EndpointOpt,
+    ErrorsOpt,
+    FilesOpt,
+    InputArg,
+    ModelOpt,
+    NotBeforeOpt,
+    OutputOpt,
+    RecordsOpt,
+    TemplateOpt,
+    errors_path,
+    not_before_time,
+    request_source,
 )
-db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
-app.add_typer(db_app, name="db")
-keys_app = typer.Typer(help="API keys for the HTTP API.", no_args_is_help=True)
-app.add_typer(keys_app, name="keys")
-
-out = Console()
-# soft wrap: messages keep their lines whatever the terminal's width (and in logs)
-err = Console(stderr=True, soft_wrap=True)
-
-OutputOpt = Annotated[Path, typer.Option("-o", "--output", help="where to write results (JSONL)")]
-ErrorsOpt = Annotated[
-    Path | None,
-    typer.Option("--errors", help="where failed requests go (default: OUTPUT.errors.jsonl)"),
-]
-
-
-API_GRACEFUL_STOP_S = 10
-
-
-InputArg = Annotated[
-    Path | None,
-    typer.Argument(help="OpenAI batch JSONL (or build requests with --template/--records)"),
-]
-TemplateOpt = Annotated[
-    Path | None, typer.Option(help="prompt template: {text} {path} {name}, or record {fields}")
-]
-FilesOpt = Annotated[
-    list[str] | None,
-    typer.Option("--files", help="glob of files, one request each (repeatable; ** recurses)"),
-]
-RecordsOpt = Annotated[Path | None, typer.Option(help="CSV or JSONL records, one request each")]
-ModelOpt = Annotated[str | None, typer.Option(help="model, with --template")]
-NotBeforeOpt = Annotated[
-    str | None,
-    typer.Option(help="send nothing before TIME: ISO 8601 (local without an offset) or HH:MM"),
-]
-EndpointOpt = Annotated[
-    str | None, typer.Option(help="the batch's endpoint (default: the lines' url)")
-]
-
-
-def _source(
-    input: Path | None,
-    template: Path | None,
-    files: list[str] | None,
-    records: Path | None,
-    model: str | None,
-    endpoint: str | None,
-):  # type: ignore[no-untyped-def]
-    """The request lines, from a JSONL file or built from a template; and their name."""
-    from jobs import submit, templates
-
-    if template is None:
-        if input is None or files or records:
-            raise typer.BadParameter("give INPUT.jsonl, or --template with --files or --records")
-        return submit.open_lines(_existing(input)), str(input)
-    if input is not None or bool(files) == bool(records) or not model:
-        raise typer.BadParameter(
-            "--template takes --model and either --files or --records (and no INPUT)"
-        )
-    tmpl = templates.load_template(template)
-    url = endpoint or "/v1/responses"
-    if files:
-        cwd = Path.cwd()
-        found = templates.expand_globs(files, cwd)
-        lines = templates.file_lines(tmpl, found, cwd=cwd, model=model, endpoint=url)
-    else:
-        lines = templates.record_lines(tmpl, _existing(records), model=model, endpoint=url)
-    return (lambda: lines), str(template)
-
-
-def _not_before(text: str | None):  # type: ignore[no-untyped-def]
-    from jobs.schedule import parse_time
-
-    return parse_time(text) if text else None
-
-
-def errors_path(output: Path, errors: Path | None) -> Path:
-    return errors or output.with_name(output.stem + ".errors" + (output.suffix or ".jsonl"))
 
 
 @app.command()
@@ -122,9 +46,9 @@ def run(
     from jobs.settings import get_settings
 
     settings = get_settings()
-    source, name = _source(input, template, files, records, model, endpoint)
+    source, name = request_source(input, template, files, records, model, endpoint)
     scan = validate.check(source(), name=name, endpoint=endpoint)
-    start = _not_before(not_before)
+    start = not_before_time(not_before)
     ensure_schema()
     errors = errors_path(output, errors)
     with session_scope() as session:
@@ -198,9 +122,9 @@ def submit_cmd(
     from jobs import progress, submit, validate
     from jobs.migrate import ensure_schema
 
-    source, name = _source(input, template, files, records, model, endpoint)
+    source, name = request_source(input, template, files, records, model, endpoint)
     scan = validate.check(source(), name=name, endpoint=endpoint)  # before touching state
-    start = _not_before(not_before)
+    start = not_before_time(not_before)
     ensure_schema()
     batch = submit.create_batch(
         source, name=name, completion_window=completion_window, scan=scan, not_before=start
@@ -374,132 +298,3 @@ def cancel(batch_id: str) -> None:
     with session_scope() as session:
         batch = batches.cancel(session, batch_id)
     out.print(f"{batch.id}: {batch.status}")
-
-
-@app.command()
-def worker(
-    concurrency: Annotated[
-        int, typer.Option(help="messages handled at once (each holds several requests)")
-    ] = 8,
-) -> None:
-    """Run a Celery worker process for this deployment (sweeper included)."""
-    from jobs.migrate import ensure_schema
-
-    ensure_schema()
-    # hand over to the worker package by module name: jobs never imports worker
-    argv = [sys.executable, "-m", "worker", "--concurrency", str(concurrency)]
-    os.execv(sys.executable, argv)
-
-
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def simulator(ctx: typer.Context) -> None:
-    """Run the OpenAI-compatible upstream simulator (see `promptq simulator --help`)."""
-    from jobs.simulator import main as simulator_main
-
-    raise typer.Exit(simulator_main(ctx.args))
-
-
-@app.command()
-def api(
-    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
-) -> None:
-    """Serve the HTTP API (OpenAI's Files and Batches API; docs at /docs)."""
-    import uvicorn
-
-    from jobs.migrate import ensure_schema
-
-    ensure_schema()
-    uvicorn.run(
-        "jobs.api.app:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        proxy_headers=True,
-        # long polls last up to a minute; a stop should not wait that long for them
-        timeout_graceful_shutdown=API_GRACEFUL_STOP_S,
-    )
-
-
-@keys_app.command("create")
-def keys_create(
-    name: str,
-    owner: Annotated[
-        str | None,
-        typer.Option(help="whose files and batches the key sees (default: NAME)"),
-    ] = None,
-) -> None:
-    """Create a key; it is shown once, on the last line, and only its hash is stored."""
-    from jobs import keys
-    from jobs.db import session_scope
-    from jobs.migrate import ensure_schema
-
-    ensure_schema()
-    with session_scope() as session:
-        made = keys.create(session, name, owner)
-    err.print(f"Key {made.row.id} for owner {made.row.owner!r}; it is not shown again:")
-    print(made.plain)
-
-
-@keys_app.command("list")
-def keys_list() -> None:
-    """List keys (their prefixes, never the keys)."""
-    from jobs import keys
-    from jobs.db import session_scope
-    from jobs.migrate import ensure_schema
-
-    ensure_schema()
-    with session_scope() as session:
-        rows = keys.list_keys(session)
-    # plain tab-separated lines: whole ids and prefixes whatever the terminal's width
-    print("id\tprefix\tname\towner\tcreated\trevoked")
-    for row in rows:
-        revoked = f"{row.revoked_at:%Y-%m-%d %H:%M}" if row.revoked_at else "-"
-        print(
-            f"{row.id}\t{row.prefix}...\t{row.name}\t{row.owner}\t"
-            f"{row.created_at:%Y-%m-%d %H:%M}\t{revoked}"
-        )
-
-
-@keys_app.command("revoke")
-def keys_revoke(name_or_id: str) -> None:
-    """Revoke the key with this id, or every active key with this name."""
-    from jobs import keys
-    from jobs.db import session_scope
-    from jobs.migrate import ensure_schema
-
-    ensure_schema()
-    with session_scope() as session:
-        revoked = keys.revoke(session, name_or_id)
-    for row in revoked:
-        out.print(f"revoked {row.id} ({row.name}, {row.prefix}...)")
-
-
-@db_app.command("upgrade")
-def db_upgrade() -> None:
-    """Apply migrations to PROMPTQ_DATABASE_URL (or the embedded SQLite database)."""
-    from jobs.migrate import upgrade
-
-    upgrade()
-    out.print("database is up to date")
-
-
-def _existing(path: Path) -> Path:
-    if not path.is_file():
-        raise InputError(str(path), [], 0) from FileNotFoundError(path)
-    return path
-
-
-def main() -> None:
-    try:
-        app()
-    except InputError as exc:
-        # plain text, never wrapped: one fault per line, each naming file and line
-        if not exc.faults:
-            print(f"error: {exc.source}: no such file", file=sys.stderr)
-        else:
-            print(f"error: {exc}\nNothing was submitted.", file=sys.stderr)
-        sys.exit(2)
-    except PromptqError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(1)
