@@ -93,12 +93,15 @@ def fail_interrupted_validations(session: Session, before: datetime) -> int:
         "message": "the server stopped while validating this batch's file; create it again",
         "param": None,
     }
-    result = session.execute(
+    failed = session.scalars(
         update(Batch)
         .where(Batch.status == BatchStatus.VALIDATING, Batch.created_at < before)  # type: ignore[arg-type,operator]
         .values(status=BatchStatus.FAILED, failed_at=now, errors=[error])
-    )
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+        .returning(Batch.id)
+    ).all()
+    for batch_id in failed:
+        notify(session, batch_id)
+    return len(failed)
 
 
 def overdue_batches(session: Session, now: datetime | None = None) -> list[str]:
@@ -157,10 +160,11 @@ def resume(session: Session, batch_id: str, *, reclaim_running: bool) -> None:
 
 def _end_queued(
     session: Session, batch_id: str, status: RequestStatus, code: str, now: datetime
-) -> None:
+) -> int:
     message = {
         "batch_cancelled": "the batch was cancelled before this request ran",
         "batch_expired": "the batch's completion window ended before this request ran",
+        "budget_exceeded": "the batch reached its budget before this request ran",
     }[code]
     ended = session.execute(
         update(Request)
@@ -173,6 +177,7 @@ def _end_queued(
             .where(Batch.id == batch_id)  # type: ignore[arg-type]
             .values(request_failed=Batch.request_failed + ended)
         )
+    return int(ended or 0)
 
 
 def has_pending(session: Session, batch_id: str) -> bool:
@@ -194,11 +199,13 @@ def finalize_if_done(session: Session, batch_id: str) -> bool:
             Batch.status.in_([BatchStatus.IN_PROGRESS, BatchStatus.CANCELLING]),  # type: ignore[attr-defined]
         )
         .values(status=BatchStatus.FINALIZING, finalizing_at=now)
-        .returning(Batch.cancelling_at, Batch.expired_at, Batch.owner, Batch.kind)
+        .returning(
+            Batch.cancelling_at, Batch.expired_at, Batch.owner, Batch.kind, Batch.webhook_url
+        )
     ).first()
     if won is None:
         return False
-    cancelling_at, expired_at, owner, kind = won
+    cancelling_at, expired_at, owner, kind, webhook_url = won
     # a job's result is shown inline on the job; files are for batches
     files = _write_files(session, batch_id, owner) if kind == BatchKind.BATCH else {}
     if cancelling_at is not None:
@@ -210,7 +217,37 @@ def finalize_if_done(session: Session, batch_id: str) -> bool:
     session.execute(
         update(Batch).where(Batch.id == batch_id).values(**final, **files)  # type: ignore[arg-type]
     )
+    if webhook_url:
+        notify(session, batch_id)
     return True
+
+
+def notify(session: Session, batch_id: str) -> None:
+    """Queue the webhook of a batch that just reached a terminal state, in the same
+    transaction: the notification exists if and only if the state does."""
+    from jobs import webhooks
+
+    batch = session.get(Batch, batch_id, populate_existing=True)
+    if batch is not None and batch.webhook_url:
+        webhooks.enqueue(session, to_openai(batch), batch.webhook_url)
+
+
+def stop_for_budget(session: Session, batch_id: str, message: str) -> int:
+    """The batch reached its budget: every request not yet sent ends `budget_exceeded`,
+    the batch says why in its errors, and it ends once the calls in flight are stored."""
+    now = utcnow()
+    ended = _end_queued(session, batch_id, RequestStatus.FAILED, "budget_exceeded", now)
+    batch = session.get(Batch, batch_id, populate_existing=True)
+    if batch is not None and not any(
+        e.get("code") == "budget_exceeded" for e in batch.errors or []
+    ):
+        entry = {"code": "budget_exceeded", "line": None, "message": message, "param": None}
+        session.execute(
+            update(Batch)
+            .where(Batch.id == batch_id)  # type: ignore[arg-type]
+            .values(errors=[*(batch.errors or []), entry])
+        )
+    return ended
 
 
 def _write_files(session: Session, batch_id: str, owner: str) -> dict[str, str]:

@@ -27,6 +27,7 @@ CSV_COLUMNS = (
     "cost_usd",
     "error_code",
     "error_message",
+    "reused_from",
 )
 ANSWER_SUFFIX = ".answer.md"
 ERRORS_FILE = "_errors.jsonl"

@@ -99,6 +99,13 @@ class UsageColumns(SQLModel):
     cost_usd: float = 0.0
 
 
+class Priority(StrEnum):
+    """Interactive work goes before bulk work, on the broker and at the upstream's limits."""
+
+    INTERACTIVE = "interactive"
+    BULK = "bulk"
+
+
 class BatchKind(StrEnum):
     """A batch of lines from a file, or a single job (a batch of one, shown as a `job`)."""
 
@@ -144,6 +151,16 @@ class Batch(UsageColumns, table=True):
     expired_at: datetime | None = _ts()
     cancelling_at: datetime | None = _ts()
     cancelled_at: datetime | None = _ts()
+    # how the batch runs: priority, a daily window, a budget, a webhook, reuse of results
+    priority: str = Field(
+        default=Priority.BULK, max_length=16, sa_column_kwargs={"server_default": "bulk"}
+    )
+    window: str | None = Field(default=None, max_length=16)  # "HH:MM-HH:MM"
+    window_utc_offset_min: int | None = None  # the submitter's offset: the window's clock
+    max_cost_usd: float | None = None
+    max_tokens: int | None = Field(default=None, sa_type=sa.BigInteger)
+    webhook_url: str | None = Field(default=None, max_length=2048)
+    reuse: bool = Field(default=False, sa_column_kwargs={"server_default": "0"})
 
 
 class Request(UsageColumns, table=True):
@@ -157,6 +174,7 @@ class Request(UsageColumns, table=True):
         sa.Index("ix_requests_status_lease_until", "status", "lease_until"),
         sa.Index("ix_requests_status_not_before", "status", "not_before"),
         sa.Index("ix_requests_status_enqueued_at", "status", "enqueued_at"),
+        sa.Index("ix_requests_body_sha256", "body_sha256"),
     )
 
     id: str = Field(primary_key=True, max_length=64)
@@ -183,6 +201,42 @@ class Request(UsageColumns, table=True):
     latency_ms: float | None = None
     error_code: str | None = Field(default=None, max_length=64)
     error_message: str | None = Field(default=None, sa_type=sa.Text)
+    # SHA-256 of url and canonical body: `--reuse` finds an earlier identical request by it
+    body_sha256: str | None = Field(default=None, max_length=64)
+    reused_from: str | None = Field(default=None, max_length=64)  # the request answered before
+    # cost and tokens set aside for this call while it runs (budgeted batches): a batch's
+    # reservation is the sum over its running requests, so nothing has to give it back
+    reserved_cost_usd: float = Field(default=0.0, sa_column_kwargs={"server_default": "0"})
+    reserved_tokens: int = Field(
+        default=0, sa_type=sa.BigInteger, sa_column_kwargs={"server_default": "0"}
+    )
+
+
+class WebhookDelivery(SQLModel, table=True):
+    """One notification of a batch's terminal state (an outbox row: written in the same
+    transaction as the state, delivered and retried by the sweeper until it is taken)."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        sa.UniqueConstraint("batch_id", "event", name="uq_webhook_deliveries_batch_id_event"),
+        sa.Index("ix_webhook_deliveries_pending", "delivered_at", "failed_at", "next_attempt_at"),
+    )
+
+    id: str = Field(default_factory=lambda: new_id("whd_"), primary_key=True, max_length=64)
+    batch_id: str = Field(foreign_key="batches.id", max_length=64)
+    event: str = Field(max_length=32)  # batch.completed | batch.failed | batch.expired | ...
+    url: str = Field(max_length=2048)
+    payload: str = Field(sa_type=sa.Text)  # the exact body sent (and signed)
+    attempts: int = 0
+    next_attempt_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False)
+    )
+    delivered_at: datetime | None = _ts()
+    failed_at: datetime | None = _ts()  # gave up after the last attempt
+    last_error: str | None = Field(default=None, sa_type=sa.Text)
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False)
+    )
 
 
 class File(SQLModel, table=True):

@@ -13,7 +13,8 @@ from urllib.parse import unquote
 
 from celery import Celery
 
-from jobs.constants import EXECUTE_TASK, QUEUE
+from jobs.constants import EXECUTE_TASK, INTERACTIVE_QUEUE, QUEUE
+from jobs.models import Priority
 from jobs.settings import get_settings
 
 # Longer than any wait a task may hold its message for (limits, a 600 s call, retries);
@@ -77,21 +78,32 @@ def chunked(ids: Iterable[str], size: int) -> Iterator[list[str]]:
         yield chunk
 
 
-def publish(ids: Sequence[str], *, ids_per_message: int | None = None) -> int:
+def queue_for(priority: str) -> str:
+    """The broker queue of a priority: interactive work has its own, with its own consumer."""
+    return INTERACTIVE_QUEUE if priority == Priority.INTERACTIVE else QUEUE
+
+
+def publish(
+    ids: Sequence[str], *, ids_per_message: int | None = None, priority: str = Priority.BULK
+) -> int:
     """Send request ids to the workers, several per message; returns the messages sent."""
     if not ids:
         return 0
     app = get_celery()
-    size = ids_per_message or get_settings().ids_per_message
+    # interactive work goes one request per message: nothing waits behind a slow neighbour
+    size = (
+        1 if priority == Priority.INTERACTIVE else ids_per_message or get_settings().ids_per_message
+    )
     sent = 0
     with app.producer_or_acquire() as producer:
         for chunk in chunked(ids, size):
-            app.send_task(EXECUTE_TASK, args=[chunk], queue=QUEUE, producer=producer)
+            app.send_task(EXECUTE_TASK, args=[chunk], queue=queue_for(priority), producer=producer)
             sent += 1
     return sent
 
 
 def queue_length() -> int:
-    """Messages waiting in the broker (not those already taken by a worker)."""
+    """Messages waiting in the broker, both queues (not those already taken by a worker)."""
     with get_celery().connection_for_write() as conn:
-        return int(conn.default_channel.client.llen(QUEUE))
+        client = conn.default_channel.client
+        return int(client.llen(QUEUE)) + int(client.llen(INTERACTIVE_QUEUE))

@@ -31,6 +31,7 @@ _COLUMNS = (
     Request.response_body,
     Request.error_code,
     Request.error_message,
+    Request.reused_from,
 )
 
 
@@ -69,7 +70,9 @@ def _response(status_code: int, request_id: str | None, body: str | None) -> str
 
 def _format(row: Any, extra: str = "") -> str:
     """A request's line in OpenAI's batch output format (its error line when it did not succeed)."""
-    _line, rid, custom_id, status, code, upstream_id, body, err_code, message = row
+    _line, rid, custom_id, status, code, upstream_id, body, err_code, message, reused_from = row
+    if reused_from:  # promptq's mark: answered from an earlier identical request, for free
+        extra = f',"reused_from":{json.dumps(reused_from)}{extra}'
     if status == RequestStatus.SUCCEEDED:
         response = _response(code or 200, upstream_id, body)
         error = "null"

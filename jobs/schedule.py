@@ -1,9 +1,10 @@
-"""When work may start: times given on the command line (`--not-before TIME`)."""
+"""When work may run: a start time (`--not-before TIME`) and a daily window (`--window`)."""
 
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
 
 from jobs.errors import InputError, LineFault
 
@@ -29,3 +30,62 @@ def parse_time(text: str, now: datetime | None = None) -> datetime:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=local_now.tzinfo)
     return parsed.astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class Window:
+    """A daily window (`--window HH:MM-HH:MM`) on a fixed UTC offset: the submitter's clock
+    when the batch was submitted. It may wrap midnight (22:00-06:00)."""
+
+    start_min: int  # minutes after local midnight
+    end_min: int
+    utc_offset_min: int
+
+    @classmethod
+    def parse(cls, text: str, utc_offset_min: int | None = None) -> Window:
+        start, sep, end = text.strip().partition("-")
+        first, last = CLOCK.match(start.strip()), CLOCK.match(end.strip())
+        if not sep or not first or not last:
+            raise InputError(
+                "--window", [LineFault(0, "invalid_window", f"{text!r} is not HH:MM-HH:MM")]
+            )
+        start_min = int(first[1]) * 60 + int(first[2])
+        end_min = int(last[1]) * 60 + int(last[2])
+        if start_min == end_min:
+            raise InputError(
+                "--window",
+                [LineFault(0, "invalid_window", f"{text!r} is empty: it starts when it ends")],
+            )
+        if utc_offset_min is None:
+            offset = datetime.now(UTC).astimezone().utcoffset() or timedelta(0)
+            utc_offset_min = int(offset.total_seconds() // 60)
+        return cls(start_min, end_min, utc_offset_min)
+
+    def __str__(self) -> str:
+        return f"{_clock(self.start_min)}-{_clock(self.end_min)}"
+
+    def _minute_of_day(self, at: datetime) -> tuple[datetime, float]:
+        local = at.astimezone(timezone(timedelta(minutes=self.utc_offset_min)))
+        return local, local.hour * 60 + local.minute + local.second / 60
+
+    def is_open(self, at: datetime) -> bool:
+        _, minute = self._minute_of_day(at)
+        if self.start_min < self.end_min:
+            return self.start_min <= minute < self.end_min
+        return minute >= self.start_min or minute < self.end_min
+
+    def next_open(self, at: datetime) -> datetime:
+        """`at` itself when the window is open then, else when it next opens."""
+        if self.is_open(at):
+            return at
+        local, _ = self._minute_of_day(at)
+        opens = local.replace(
+            hour=self.start_min // 60, minute=self.start_min % 60, second=0, microsecond=0
+        )
+        if opens <= local:
+            opens += timedelta(days=1)
+        return opens.astimezone(UTC)
+
+
+def _clock(minutes: int) -> str:
+    return f"{minutes // 60:02d}:{minutes % 60:02d}"

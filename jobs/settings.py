@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr
@@ -43,6 +44,14 @@ class Settings(BaseSettings):
     # per-model overrides, JSON: {"o1-mini-2024-09-12": {"rpm": 500, "tpm": 200000,
     # "max_concurrency": 8}}; limits are kept per upstream and model
     model_limits: dict[str, dict[str, int]] = Field(default_factory=dict)
+    # `json`: one JSON object per log line (ts, level, logger, message, batch_id, request_id)
+    log_format: Literal["text", "json"] = "text"
+    # webhooks: every delivery is signed with the secret (required to ask for a webhook)
+    webhook_secret: SecretStr | None = None
+    webhook_max_attempts: int = Field(default=10, ge=1)
+    webhook_timeout_s: float = Field(default=10.0, gt=0)
+    webhook_interval_s: float = Field(default=1.0, gt=0)  # how often workers send due ones
+    webhook_backoff_base_s: float = Field(default=10.0, gt=0)  # the first retry's wait, doubling
 
     @property
     def upstream_scope(self) -> str:

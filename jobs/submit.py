@@ -13,11 +13,21 @@ from typing import Any
 from sqlalchemy import insert, select, update
 from sqlmodel import Session
 
-from jobs import queue, validate
+from jobs import batches, queue, reuse, validate
 from jobs.constants import COMPLETION_WINDOWS_S
 from jobs.db import session_scope
 from jobs.errors import InputError, LineFault
-from jobs.models import Batch, BatchKind, BatchStatus, Request, RequestStatus, new_id, utcnow
+from jobs.models import (
+    Batch,
+    BatchKind,
+    BatchStatus,
+    Priority,
+    Request,
+    RequestStatus,
+    new_id,
+    utcnow,
+)
+from jobs.policy import Policy
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +58,7 @@ def create_batch(
     scan: validate.Scan | None = None,
     kind: BatchKind = BatchKind.BATCH,
     record_faults: bool = False,
-    not_before: datetime | None = None,
+    policy: Policy | None = None,
 ) -> Batch:
     """Check every line, then store the batch and its requests in one transaction and queue them.
 
@@ -70,7 +80,10 @@ def create_batch(
             ],
         )
     now = utcnow()
+    policy = policy or Policy()
+    start = policy.start_at(now)
     batch = Batch(
+        **policy.columns(),
         id=new_id(f"{kind}_"),
         kind=kind,
         owner=owner,
@@ -82,19 +95,18 @@ def create_batch(
         batch_metadata=metadata,
         created_at=now,
         # the completion window runs from when the batch may start
-        expires_at=max(now, not_before or now)
-        + timedelta(seconds=COMPLETION_WINDOWS_S[completion_window]),
+        expires_at=(start or now) + timedelta(seconds=COMPLETION_WINDOWS_S[completion_window]),
     )
     if not record_faults:
         scan = scan or validate.check(source(), name=name, endpoint=endpoint)
-        return _store(batch, source, scan, enqueue=enqueue, not_before=not_before)
+        return _store(batch, source, scan, enqueue=enqueue, start=start)
     with session_scope() as session:
         session.add(batch)
     try:
         scan = scan or validate.scan(source(), endpoint=endpoint)
         if scan.faults:
             return _fail(batch.id, fault_entries(scan.faults, scan.more_faults))
-        return _store(batch, source, scan, enqueue=enqueue, not_before=not_before)
+        return _store(batch, source, scan, enqueue=enqueue, start=start)
     except BaseException:
         # never leave a batch `validating` behind a failure of our own
         _fail(batch.id, [_entry(None, "validation_aborted", "validation stopped unexpectedly")])
@@ -107,9 +119,13 @@ def _store(
     scan: validate.Scan,
     *,
     enqueue: bool,
-    not_before: datetime | None = None,
+    start: datetime | None = None,
 ) -> Batch:
-    """validating -> in_progress with every request inserted, in one transaction; then queue."""
+    """validating -> in_progress with every request inserted, in one transaction; then queue.
+
+    With `reuse`, a request identical to an earlier success of the same owner is answered
+    from it as it is inserted (marked `reused_from`, costing nothing) and never queued.
+    """
     assert scan.endpoint is not None
     now = utcnow()
     values = {
@@ -133,46 +149,62 @@ def _store(
             ).rowcount  # type: ignore[attr-defined]
             if not moved:  # cancelled while its lines were checked: nothing to run
                 return _reload(session, batch.id)
-        later = not_before is not None and not_before > now
         rows = (
-            _row(batch.id, req, now, not_before if later else None)
-            for req in validate.requests(source(), scan.endpoint)
+            _row(batch.id, req, now, start) for req in validate.requests(source(), scan.endpoint)
         )
+        reused = 0
         while chunk := list(islice(rows, INSERT_CHUNK)):
+            if batch.reuse:
+                reused += reuse.answer_from_earlier(session, batch.owner, chunk, now)
             session.execute(insert(Request), chunk)
+        if reused:
+            session.execute(
+                update(Batch)
+                .where(Batch.id == batch.id)  # type: ignore[arg-type]
+                .values(request_completed=Batch.request_completed + reused)
+            )
+            batches.finalize_if_done(session, batch.id)
         stored = _reload(session, batch.id)
-    log.info("batch %s stored with %d requests", batch.id, scan.requests)
-    if enqueue and not later:  # scheduled requests are sent by the sweeper when due
+    log.info("batch %s stored with %d requests (%d reused)", batch.id, scan.requests, reused)
+    if enqueue and start is None:  # scheduled requests are sent by the sweeper when due
         publish_batch(batch.id)
     return stored
 
 
 def publish_batch(batch_id: str) -> None:
-    """Queue a stored batch's requests, read back in input order a page at a time: memory
-    stays flat whatever the batch's size, and each page is a short transaction."""
+    """Queue a stored batch's queued requests, read back in input order a page at a time:
+    memory stays flat whatever the batch's size, and each page is a short transaction."""
     after = 0
+    with session_scope() as session:
+        priority = session.scalar(select(Batch.priority).where(Batch.id == batch_id))  # type: ignore[arg-type]
     while True:
         with session_scope() as session:
             page = session.execute(
                 select(Request.id, Request.line)
-                .where(Request.batch_id == batch_id, Request.line > after)  # type: ignore[arg-type,operator]
+                .where(
+                    Request.batch_id == batch_id,  # type: ignore[arg-type]
+                    Request.line > after,  # type: ignore[operator]
+                    Request.status == RequestStatus.QUEUED,  # type: ignore[arg-type]
+                )
                 .order_by(Request.line)  # type: ignore[arg-type]
                 .limit(PUBLISH_PAGE)
             ).all()
         if not page:
             return
-        publish_safely([rid for rid, _ in page])
+        publish_safely([rid for rid, _ in page], priority or Priority.BULK)
         after = page[-1][1]
 
 
 def _fail(batch_id: str, errors: list[dict[str, Any]]) -> Batch:
     """validating -> failed, with its errors; nothing was inserted, nothing runs."""
     with session_scope() as session:
-        session.execute(
+        moved = session.execute(
             update(Batch)
             .where(Batch.id == batch_id, Batch.status == BatchStatus.VALIDATING)  # type: ignore[arg-type]
             .values(status=BatchStatus.FAILED, failed_at=utcnow(), errors=errors)
-        )
+        ).rowcount  # type: ignore[attr-defined]
+        if moved:
+            batches.notify(session, batch_id)
         return _reload(session, batch_id)
 
 
@@ -195,10 +227,10 @@ def fault_entries(faults: list[LineFault], more: int = 0) -> list[dict[str, Any]
     return entries
 
 
-def publish_safely(ids: list[str]) -> None:
+def publish_safely(ids: list[str], priority: str = Priority.BULK) -> None:
     """Queue ids; if the broker is down the rows stay queued and the sweeper sends them later."""
     try:
-        queue.publish(ids)
+        queue.publish(ids, priority=priority)
     except Exception as exc:  # noqa: BLE001 - the database already holds the work
         log.warning("could not queue %d requests now (%s); the sweeper will", len(ids), exc)
         # NULL enqueued_at: the next sweep sends them, without waiting for them to go stale
@@ -223,6 +255,7 @@ def _row(
         "url": req.url,
         "model": req.model,
         "body": json.dumps(req.body, ensure_ascii=False, separators=(",", ":")),
+        "body_sha256": reuse.fingerprint(req.url, req.body),
         "status": RequestStatus.QUEUED,
         "attempts": 0,
         # NULL: no message yet; the sweeper sends it once `not_before` has passed

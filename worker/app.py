@@ -14,6 +14,10 @@ from jobs.settings import get_settings
 log = logging.getLogger(__name__)
 
 _sweeper: Any = None
+_notifier: Any = None
+_interactive: Any = None
+# How long shutdown waits for interactive messages in progress to be stored and acked.
+INTERACTIVE_DRAIN_S = 15
 
 
 @functools.cache
@@ -30,11 +34,23 @@ def get_app() -> Celery:
 
 
 def _start_sweeper(**_: Any) -> None:
-    global _sweeper
+    global _sweeper, _notifier
+    from worker.notifier import Notifier
     from worker.sweeper import Sweeper
 
     _sweeper = Sweeper(get_settings(), resolve_redis_url())
     _sweeper.start()
+    _notifier = Notifier(get_settings(), resolve_redis_url())
+    _notifier.start()
+    _start_interactive()
+
+
+def _start_interactive() -> None:
+    global _interactive
+    from worker.interactive import InteractiveConsumer
+
+    _interactive = InteractiveConsumer(resolve_redis_url())
+    _interactive.start()
 
 
 def _drain(**_: Any) -> None:
@@ -42,6 +58,8 @@ def _drain(**_: Any) -> None:
     from worker.runtime import drain_runtime
 
     drain_runtime()
+    if _interactive is not None:
+        _interactive.stop()  # takes nothing new; acks what it holds once it is stored
 
 
 def _stop(**_: Any) -> None:
@@ -49,6 +67,10 @@ def _stop(**_: Any) -> None:
 
     if _sweeper is not None:
         _sweeper.stop()
+    if _notifier is not None:
+        _notifier.stop()
+    if _interactive is not None:
+        _interactive.join(INTERACTIVE_DRAIN_S)
     try:
         stop_runtime()
     except Exception as exc:  # noqa: BLE001 - shutting down regardless

@@ -21,17 +21,22 @@ def _text_chars(value: Any) -> int:
     return 0
 
 
-def estimate_tokens(url: str, body: dict[str, Any]) -> int:
-    """Prompt size plus the most the request allows itself to answer."""
+def estimate_split(url: str, body: dict[str, Any]) -> tuple[int, int]:
+    """(prompt tokens, the most the request allows itself to answer): priced apart."""
     prompt = body.get("input", body.get("messages", ""))
     messages = len(prompt) if isinstance(prompt, list) else 1
     prompt_tokens = math.ceil(_text_chars(prompt) / CHARS_PER_TOKEN) + TOKENS_PER_MESSAGE * messages
     if url.endswith("/embeddings"):
-        return prompt_tokens  # embeddings answer no tokens
+        return prompt_tokens, 0  # embeddings answer no tokens
     cap = (
         body.get("max_output_tokens")
         or body.get("max_completion_tokens")
         or body.get("max_tokens")
         or DEFAULT_OUTPUT_TOKENS
     )
-    return prompt_tokens + int(cap)
+    return prompt_tokens, int(cap)
+
+
+def estimate_tokens(url: str, body: dict[str, Any]) -> int:
+    """Prompt size plus the most the request allows itself to answer."""
+    return sum(estimate_split(url, body))

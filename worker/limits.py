@@ -27,7 +27,15 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from jobs.constants import ADAPTIVE_KEY, CONCURRENCY_KEY, PAUSE_KEY, RPM_KEY, TPM_KEY
+from jobs.constants import (
+    ADAPTIVE_KEY,
+    CONCURRENCY_KEY,
+    INTERACTIVE_WAITING_KEY,
+    PAUSE_KEY,
+    RPM_KEY,
+    TPM_KEY,
+)
+from jobs.models import Priority
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +47,9 @@ WINDOW_S = 60.0
 WINDOW_MARGIN_S = 0.5
 DECREASE_FACTOR = 0.7
 DECREASE_EVERY_S = 1.0
+# An interactive waiter renews its claim to go first at every poll (<= POLL_MAX_S apart);
+# one that died stops holding bulk callers back after this long.
+WAITER_WISH_MS = 1000
 
 
 def _lua(redis: Redis, name: str) -> Any:
@@ -70,16 +81,21 @@ class Concurrency:
         self._prefix = secrets.token_hex(6) + ":"
         self._serial = itertools.count()
         self._adapt = _lua(redis, "adapt.lua")
-        self._turn = asyncio.Lock()
+        self.waiting_key = INTERACTIVE_WAITING_KEY + scope
+        self._turns = {False: asyncio.Lock(), True: asyncio.Lock()}
         self._released = asyncio.Event()
         self.held: set[str] = set()
 
-    async def acquire(self) -> tuple[str, int]:
-        """A slot's token, and the ms left of any 429 pause (read in the same round trip)."""
+    async def acquire(self, interactive: bool = False) -> tuple[str, int]:
+        """A slot's token, and the ms left of any 429 pause (read in the same round trip).
+
+        Interactive callers queue apart (their own local turn) and, cluster-wide, keep every
+        bulk caller out while one of them waits.
+        """
         token = f"{self._prefix}{next(self._serial)}"
-        keys = [self.key, self.adaptive_key, self.pause_key]
-        args = [self.lease_ms, self.hard_limit, token]
-        async with self._turn:
+        keys = [self.key, self.adaptive_key, self.pause_key, self.waiting_key]
+        args = [self.lease_ms, self.hard_limit, token, int(interactive), WAITER_WISH_MS]
+        async with self._turns[interactive]:
             delay_s = POLL_MIN_S
             while True:
                 taken, paused_ms = await self._acquire(keys=keys, args=args)
@@ -217,19 +233,22 @@ class Limits:
         return self._models[model]
 
     @asynccontextmanager
-    async def admit(self, model: str, tokens: int) -> AsyncIterator[Admission]:
+    async def admit(
+        self, model: str, tokens: int, priority: str = Priority.BULK
+    ) -> AsyncIterator[Admission]:
         """Wait for a slot (upstream, then model), the rate budget, and the end of any pause.
 
         The pause is checked last, right before the call: waiters that queued for a slot
         before a 429 arrived must not go out during the pause.
         """
         model_cap, window = self._for_model(model)
-        token, paused_ms = await self.concurrency.acquire()
+        interactive = priority == Priority.INTERACTIVE
+        token, paused_ms = await self.concurrency.acquire(interactive)
         model_token = None
         admission = Admission(self, window, token, tokens, probe=False)
         try:
             if model_cap:
-                model_token, _ = await model_cap.acquire()
+                model_token, _ = await model_cap.acquire(interactive)
             if window.active:
                 await window.admit(admission.member, tokens)
             # the slot's round trip read the pause; ask again only if it may have changed

@@ -7,6 +7,7 @@ stored, so late acks keep their meaning while one process holds hundreds of call
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import logging
 import os
@@ -26,7 +27,7 @@ from jobs.queue import resolve_redis_url
 from jobs.settings import Settings, get_settings
 from worker import store
 from worker.errors import PermanentUpstreamError, RateLimitedError, RetryableUpstreamError
-from worker.estimate import estimate_tokens
+from worker.estimate import estimate_split
 from worker.limits import Limits, ModelLimits
 from worker.retry import RetryPolicy, backoff_s, next_delay_s
 from worker.store import Claimed, Outcome
@@ -113,7 +114,11 @@ class Runtime:
 
     def run(self, ids: list[str]) -> None:
         """Process these request ids; returns when every outcome is stored."""
-        asyncio.run_coroutine_threadsafe(self.process(ids), self.loop).result()
+        self.submit(ids).result()
+
+    def submit(self, ids: list[str]) -> concurrent.futures.Future[None]:
+        """Process these request ids; the future is done when every outcome is stored."""
+        return asyncio.run_coroutine_threadsafe(self.process(ids), self.loop)
 
     def drain(self) -> None:
         """Shutting down: send no new calls; requests not yet sent go back to the queue."""
@@ -150,10 +155,15 @@ class Runtime:
                 try:
                     outcome = await self._attempt(current)
                 except INFRASTRUCTURE_ERRORS as exc:  # Redis away: nothing was sent
-                    log.warning("request %s not sent: %s; back to the queue", current.id, exc)
+                    log.warning(
+                        "request %s not sent: %s; back to the queue",
+                        current.id,
+                        exc,
+                        extra=_ids(current),
+                    )
                     outcome = Outcome(current, "released")
                 except Exception as exc:  # noqa: BLE001 - counted, so a bug cannot loop
-                    log.warning("request %s: %s; will retry", current.id, exc)
+                    log.warning("request %s: %s; will retry", current.id, exc, extra=_ids(current))
                     outcome = self._retry_later(current, f"worker error: {exc}")
                 await self.writer.write(outcome)
             finally:
@@ -167,14 +177,30 @@ class Runtime:
 
     async def _attempt(self, c: Claimed) -> Outcome:
         body = c.body.encode()
-        estimate = estimate_tokens(c.url, json.loads(body))
+        prompt_tokens, answer_tokens = estimate_split(c.url, json.loads(body))
+        estimate = prompt_tokens + answer_tokens
         if self.draining:
             return Outcome(c, "released")
+        now = utcnow()
+        if c.window is not None and not c.window.is_open(now):
+            return Outcome(c, "deferred", not_before=c.window.next_open(now))
+        if c.budgeted:
+            guess = Usage(
+                input_tokens=prompt_tokens, output_tokens=answer_tokens, total_tokens=estimate
+            )
+            why = await self._db(store.reserve, c, self.prices.cost_usd(c.model, guess), estimate)
+            if why is not None:
+                log.info("request %s not sent: %s", c.id, why, extra=_ids(c))
+                return Outcome(c, "failed", error_code="budget_exceeded", error_message=why)
         try:
-            async with self.limits.admit(c.model, estimate) as admission:
+            async with self.limits.admit(c.model, estimate, c.priority) as admission:
                 if self.draining:  # shutting down: only calls already sent may finish
                     await admission.failed()
                     return Outcome(c, "released")
+                now = utcnow()
+                if c.window is not None and not c.window.is_open(now):  # shut while it waited
+                    await admission.failed()
+                    return Outcome(c, "deferred", not_before=c.window.next_open(now))
                 try:
                     answer = await self.client.call(c.url, body)
                 except RateLimitedError as exc:
@@ -270,6 +296,11 @@ class Runtime:
             log.warning("could not release %d requests: %s", len(held), exc)
         await self.client.aclose()
         await self.redis.aclose()
+
+
+def _ids(c: Claimed) -> dict[str, str]:
+    """A log record's `extra`: the ids JSON logs carry."""
+    return {"batch_id": c.batch_id, "request_id": c.id}
 
 
 _runtime: Runtime | None = None

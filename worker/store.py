@@ -14,12 +14,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, or_, select, update
+from sqlalchemy import and_, bindparam, func, or_, select, update
 from sqlmodel import Session
 
 from jobs import batches
 from jobs.db import session_scope
-from jobs.models import Batch, Request, RequestStatus, utcnow
+from jobs.models import Batch, Priority, Request, RequestStatus, utcnow
+from jobs.policy import window_of
+from jobs.schedule import Window
 from jobs.settings import get_settings
 from worker.usage import Usage
 
@@ -39,7 +41,7 @@ UPSTREAM_TEXT = ("upstream_request_id", "response_body", "error_code", "error_me
 
 @dataclass(frozen=True, slots=True)
 class Claimed:
-    """A request this worker now holds under a lease."""
+    """A request this worker now holds under a lease, with its batch's rules."""
 
     id: str
     batch_id: str
@@ -47,12 +49,17 @@ class Claimed:
     model: str
     body: str
     attempt: int
+    priority: str = Priority.BULK
+    window: Window | None = None
+    budgeted: bool = False  # the batch has --max-cost or --max-tokens: reserve before calling
 
 
 @dataclass(slots=True)
 class Outcome:
     """What became of one attempt: `succeeded`, `failed`, `retry` (queued again after
-    `not_before`) or `released` (never sent: back to the queue, the attempt not counted)."""
+    `not_before`), `released` (never sent: back to the queue, the attempt not counted) or
+    `deferred` (never sent, outside the batch's window: queued again after `not_before`,
+    uncounted)."""
 
     claimed: Claimed
     kind: str
@@ -90,7 +97,71 @@ def claim(ids: list[str], lease_s: float) -> list[Claimed]:
     )
     with session_scope() as session:
         _lock_in_id_order(session, *where)
-        return [Claimed(*row) for row in session.execute(stmt)]
+        rows = session.execute(stmt).all()
+        if not rows:
+            return []
+        rules = {
+            bid: (priority, window_of(window, offset), cost is not None or tokens is not None)
+            for bid, priority, window, offset, cost, tokens in session.execute(
+                select(
+                    Batch.id,
+                    Batch.priority,
+                    Batch.window,
+                    Batch.window_utc_offset_min,
+                    Batch.max_cost_usd,
+                    Batch.max_tokens,
+                ).where(Batch.id.in_({row[1] for row in rows}))  # type: ignore[attr-defined]
+            )
+        }
+        return [Claimed(*row, *rules[row[1]]) for row in rows]
+
+
+def reserve(c: Claimed, cost_usd: float, tokens: int) -> str | None:
+    """Set aside a call's estimated cost and tokens in its batch's budget.
+
+    Returns None when it fits: spent, plus what the batch's other running requests set
+    aside, plus this estimate, stays within every budget. Otherwise the batch is stopped
+    (`batches.stop_for_budget`) and the reason is returned; this request is not sent.
+    The request row is written (locked) before the batch row, the order `record` uses.
+    """
+    with session_scope() as session:
+        mine = session.execute(
+            update(Request)
+            .where(_mine(c.id, c.attempt))
+            .values(reserved_cost_usd=cost_usd, reserved_tokens=tokens)
+        ).rowcount  # type: ignore[attr-defined]
+        if not mine:
+            return None  # no longer this attempt's: whatever it does next is refused anyway
+        batch = session.execute(
+            select(Batch.max_cost_usd, Batch.max_tokens, Batch.cost_usd, Batch.total_tokens)
+            .where(Batch.id == c.batch_id)  # type: ignore[arg-type]
+            .with_for_update()
+        ).one()
+        held_cost, held_tokens = session.execute(
+            select(
+                func.coalesce(func.sum(Request.reserved_cost_usd), 0.0),
+                func.coalesce(func.sum(Request.reserved_tokens), 0),
+            ).where(
+                Request.batch_id == c.batch_id,  # type: ignore[arg-type]
+                Request.status == RUNNING,  # type: ignore[arg-type]
+            )
+        ).one()
+        why = None
+        if batch.max_cost_usd is not None and batch.cost_usd + held_cost > batch.max_cost_usd:
+            why = (
+                f"the batch reached its budget of ${batch.max_cost_usd:g}: ${batch.cost_usd:.6f} "
+                f"spent and ${held_cost - cost_usd:.6f} set aside for calls in flight, and the "
+                f"next call could cost ${cost_usd:.6f}"
+            )
+        elif batch.max_tokens is not None and batch.total_tokens + held_tokens > batch.max_tokens:
+            why = (
+                f"the batch reached its budget of {batch.max_tokens:,} tokens: "
+                f"{batch.total_tokens:,} used and {held_tokens - tokens:,} set aside for calls "
+                f"in flight, and the next call could use {tokens:,}"
+            )
+        if why is not None:
+            batches.stop_for_budget(session, c.batch_id, why)
+        return why
 
 
 def renew(held: dict[str, int], lease_s: float) -> None:
@@ -160,7 +231,7 @@ def record(outcomes: list[Outcome]) -> None:
                 continue
             values = _scrubbed(_values(o, now, attempts), key)
             groups[o.kind].append({"b_id": rid, **{f"v_{k}": v for k, v in values.items()}})
-            if o.kind in ("retry", "released"):
+            if o.kind in ("retry", "released", "deferred"):
                 continue
             t = totals[o.claimed.batch_id]
             t["request_completed" if o.kind == "succeeded" else "request_failed"] += 1
@@ -205,6 +276,16 @@ def _values(o: Outcome, now: datetime, attempts: int) -> dict[str, Any]:
             "lease_until": None,
             "enqueued_at": None,
             "attempts": attempts - 1,
+            "reserved_cost_usd": 0.0,
+            "reserved_tokens": 0,
+        }
+    if o.kind == "deferred":  # outside its window: the sweeper sends it when it opens
+        return {
+            "status": QUEUED,
+            "lease_until": None,
+            "enqueued_at": None,
+            "not_before": o.not_before,
+            "attempts": attempts - 1,
         }
     if o.kind == "retry":
         return {
@@ -216,6 +297,8 @@ def _values(o: Outcome, now: datetime, attempts: int) -> dict[str, Any]:
             "status_code": o.status_code,
             "error_code": o.error_code,
             "error_message": o.error_message,
+            "reserved_cost_usd": 0.0,
+            "reserved_tokens": 0,
         }
     values: dict[str, Any] = {
         "status": RequestStatus.SUCCEEDED if o.kind == "succeeded" else RequestStatus.FAILED,
@@ -228,6 +311,8 @@ def _values(o: Outcome, now: datetime, attempts: int) -> dict[str, Any]:
         "error_code": o.error_code,
         "error_message": o.error_message,
         "cost_usd": o.cost_usd,
+        "reserved_cost_usd": 0.0,
+        "reserved_tokens": 0,
     }
     for name in USAGE_COLUMNS:
         values[name] = getattr(o.usage, name)
@@ -259,8 +344,9 @@ def requeue(ids: list[str], now: datetime) -> None:
         )
 
 
-def due_unsent(now: datetime, stale_before: datetime | None, limit: int) -> list[str]:
-    """Queued and due requests without a live message; marks them sent (the caller sends).
+def due_unsent(now: datetime, stale_before: datetime | None, limit: int) -> dict[str, list[str]]:
+    """Queued and due requests without a live message, by their batch's priority; marks
+    them sent (the caller sends).
 
     Without a message: `enqueued_at` is NULL (a retry, a recovered lease) or, when the caller
     knows the broker's queue is empty (`stale_before` given), older than `stale_before`
@@ -275,9 +361,18 @@ def due_unsent(now: datetime, stale_before: datetime | None, limit: int) -> list
         unsent,
     )
     with session_scope() as session:
-        ids = list(session.scalars(select(Request.id).where(*where).limit(limit)))
-        if ids:
+        found = session.execute(
+            select(Request.id, Batch.priority)
+            .join(Batch, Batch.id == Request.batch_id)  # type: ignore[arg-type]
+            .where(*where)
+            .limit(limit)
+        ).all()
+        by_priority: dict[str, list[str]] = defaultdict(list)
+        for rid, priority in found:
+            by_priority[priority].append(rid)
+        if found:
+            ids = [rid for rid, _ in found]
             chosen: tuple[Any, ...] = (Request.id.in_(ids), *where)  # type: ignore[attr-defined]
             _lock_in_id_order(session, *chosen)
             session.execute(update(Request).where(*chosen).values(enqueued_at=now))
-        return ids
+        return dict(by_priority)

@@ -71,10 +71,9 @@ def sweep_once(settings: Settings, *, take_back_leases: bool = True) -> dict[str
     except Exception:  # noqa: BLE001 - broker down: publishing would fail anyway
         return done
     stale_before = now - timedelta(seconds=settings.requeue_after_s) if empty else None
-    ids = store.due_unsent(now, stale_before, PUBLISH_LIMIT)
-    if ids:
-        queue.publish(ids)
-        done["published"] = len(ids)
+    for priority, ids in store.due_unsent(now, stale_before, PUBLISH_LIMIT).items():
+        queue.publish(ids, priority=priority)
+        done["published"] += len(ids)
     return done
 
 

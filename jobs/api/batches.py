@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
-from jobs import batches, files, results, submit
+from jobs import batches, files, results, submit, webhooks
 from jobs.api.deps import CurrentOwner, SessionDep
 from jobs.api.envelope import documented, list_object
 from jobs.db import session_scope
-from jobs.errors import InvalidRequestError
-from jobs.models import BatchKind
+from jobs.errors import InputError, InvalidRequestError
+from jobs.models import BatchKind, Priority
+from jobs.policy import Policy
+from jobs.schedule import Window
+from jobs.settings import get_settings
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 
@@ -35,6 +39,49 @@ class BatchCreate(BaseModel):
         description="`24h` as OpenAI's; `1h` and `10m` are promptq's extension"
     )
     metadata: Metadata = None
+    # promptq's extensions (the SDK sends them with `extra_body`)
+    priority: Priority = Field(
+        default=Priority.BULK, description="promptq: `interactive` work goes before `bulk`"
+    )
+    not_before: int | None = Field(
+        default=None, description="promptq: send nothing before this Unix time (seconds)"
+    )
+    window: str | None = Field(
+        default=None,
+        description="promptq: send only inside this daily window, `HH:MM-HH:MM` in UTC",
+    )
+    max_cost_usd: float | None = Field(
+        default=None, gt=0, description="promptq: stop at this cost; the rest ends budget_exceeded"
+    )
+    max_tokens: int | None = Field(
+        default=None, ge=1, description="promptq: stop at this many tokens"
+    )
+    webhook_url: str | None = Field(
+        default=None, description="promptq: POST the Batch object here at its end, signed"
+    )
+    reuse: bool = Field(
+        default=False, description="promptq: answer repeats of earlier successes from them, free"
+    )
+
+    def policy(self) -> Policy:
+        """The batch's Policy; a bad value is refused naming its parameter."""
+        webhook = None
+        if self.webhook_url is not None:
+            webhooks.require_secret(get_settings())
+            webhook = webhooks.check_url(self.webhook_url)
+        try:
+            window = Window.parse(self.window, 0) if self.window else None
+        except InputError as exc:
+            raise InvalidRequestError(str(exc.faults[0].message), param="window") from exc
+        return Policy(
+            not_before=datetime.fromtimestamp(self.not_before, UTC) if self.not_before else None,
+            window=window,
+            priority=self.priority,
+            max_cost_usd=self.max_cost_usd,
+            max_tokens=self.max_tokens,
+            webhook_url=webhook,
+            reuse=self.reuse,
+        )
 
 
 class BatchError(BaseModel):
@@ -138,6 +185,7 @@ def create_batch(body: BatchCreate, owner: CurrentOwner) -> Any:
         metadata=body.metadata,
         input_file_id=file.id,
         record_faults=True,
+        policy=body.policy(),
     )
     return batches.to_openai(batch)
 

@@ -25,7 +25,8 @@ from jobs.api.deps import CurrentOwner, SessionDep
 from jobs.api.envelope import documented, list_object
 from jobs.db import session_scope
 from jobs.errors import InputError, InvalidRequestError
-from jobs.models import REQUEST_ENDED, Batch, BatchKind, Request, RequestStatus
+from jobs.models import REQUEST_ENDED, Batch, BatchKind, Priority, Request, RequestStatus
+from jobs.policy import Policy
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -58,6 +59,10 @@ class JobCreate(BaseModel):
     custom_id: str = Field(default=DEFAULT_CUSTOM_ID, min_length=1, max_length=512)
     completion_window: CompletionWindow = "24h"
     metadata: Metadata = None
+    priority: Priority = Field(
+        default=Priority.INTERACTIVE,
+        description="`interactive` (the default for a job) goes before `bulk` work",
+    )
 
 
 class JobResponse(BaseModel):
@@ -186,6 +191,7 @@ def _create(body: JobCreate, owner: str) -> str:
             completion_window=body.completion_window,
             metadata=body.metadata,
             kind=BatchKind.JOB,
+            policy=Policy(priority=body.priority),
         )
     except InputError as exc:
         fault = exc.faults[0]

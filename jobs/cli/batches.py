@@ -14,13 +14,20 @@ from jobs.cli.inputs import (
     ErrorsOpt,
     FilesOpt,
     InputArg,
+    MaxCostOpt,
+    MaxTokensOpt,
     ModelOpt,
     NotBeforeOpt,
     OutputOpt,
+    PriorityOpt,
     RecordsOpt,
+    ReuseOpt,
     TemplateOpt,
+    WebhookOpt,
+    WindowOpt,
+    describe,
     errors_path,
-    not_before_time,
+    policy,
     request_source,
 )
 
@@ -38,6 +45,12 @@ def run(
     model: ModelOpt = None,
     endpoint: EndpointOpt = None,
     not_before: NotBeforeOpt = None,
+    window: WindowOpt = None,
+    priority: PriorityOpt = "bulk",
+    max_cost: MaxCostOpt = None,
+    max_tokens: MaxTokensOpt = None,
+    webhook: WebhookOpt = None,
+    reuse: ReuseOpt = False,
 ) -> None:
     """Run a whole batch on this machine: starts what it needs, shows progress, writes results."""
     from jobs import batches, results, validate
@@ -48,7 +61,7 @@ def run(
     settings = get_settings()
     source, name = request_source(input, template, files, records, model, endpoint)
     scan = validate.check(source(), name=name, endpoint=endpoint)
-    start = not_before_time(not_before)
+    plan = policy(not_before, window, priority, max_cost, max_tokens, webhook, reuse)
     ensure_schema()
     errors = errors_path(output, errors)
     with session_scope() as session:
@@ -61,7 +74,9 @@ def run(
         )
         final, batch_id = earlier, earlier.id
     else:
-        final, batch_id = _run_deployment(settings, workers, fresh, source, name, scan, start)
+        for line in describe(plan):
+            err.print(line)
+        final, batch_id = _run_deployment(settings, workers, fresh, source, name, scan, plan)
     with session_scope() as session:
         done, failed = results.export(session, batch_id, output, errors)
     err.print(
@@ -76,7 +91,7 @@ def run(
         raise typer.Exit(1)
 
 
-def _run_deployment(settings, workers, fresh, source, name, scan, start):  # type: ignore[no-untyped-def]
+def _run_deployment(settings, workers, fresh, source, name, scan, plan):  # type: ignore[no-untyped-def]
     """Start what the batch needs, resume or submit it, follow it to its end."""
     from jobs import batches, progress, submit
     from jobs.db import session_scope
@@ -94,7 +109,7 @@ def _run_deployment(settings, workers, fresh, source, name, scan, start):  # typ
                     batches.resume(session, found.id, reclaim_running=deployment.owns_everything)
                     batch_id = found.id
             if found is None:
-                batch_id = submit.create_batch(source, name=name, scan=scan, not_before=start).id
+                batch_id = submit.create_batch(source, name=name, scan=scan, policy=plan).id
                 err.print(f"Submitted {batch_id}: {scan.requests} requests")
             final = progress.follow(batch_id, err, check=deployment.check_workers)
             return final, batch_id
@@ -117,6 +132,12 @@ def submit_cmd(
     records: RecordsOpt = None,
     model: ModelOpt = None,
     not_before: NotBeforeOpt = None,
+    window: WindowOpt = None,
+    priority: PriorityOpt = "bulk",
+    max_cost: MaxCostOpt = None,
+    max_tokens: MaxTokensOpt = None,
+    webhook: WebhookOpt = None,
+    reuse: ReuseOpt = False,
 ) -> None:
     """Queue a batch; prints its id on the last line."""
     from jobs import progress, submit, validate
@@ -124,14 +145,18 @@ def submit_cmd(
 
     source, name = request_source(input, template, files, records, model, endpoint)
     scan = validate.check(source(), name=name, endpoint=endpoint)  # before touching state
-    start = not_before_time(not_before)
+    plan = policy(not_before, window, priority, max_cost, max_tokens, webhook, reuse)
     ensure_schema()
     batch = submit.create_batch(
-        source, name=name, completion_window=completion_window, scan=scan, not_before=start
+        source, name=name, completion_window=completion_window, scan=scan, policy=plan
     )
-    if start is not None:
-        err.print(f"Nothing is sent before {start.astimezone():%Y-%m-%d %H:%M:%S %Z}.")
-    err.print(f"Queued {batch.request_total} requests.")
+    for line in describe(plan):
+        err.print(line)
+    reused = batch.request_completed if plan.reuse else 0
+    err.print(
+        f"Queued {batch.request_total - reused} requests"
+        + (f"; {reused} answered from earlier results." if reused else ".")
+    )
     if wait:
         progress.follow(batch.id, err)
     print(batch.id)

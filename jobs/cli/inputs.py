@@ -33,6 +33,27 @@ NotBeforeOpt = Annotated[
     str | None,
     typer.Option(help="send nothing before TIME: ISO 8601 (local without an offset) or HH:MM"),
 ]
+WindowOpt = Annotated[
+    str | None, typer.Option(help="send only inside this daily window, HH:MM-HH:MM local time")
+]
+PriorityOpt = Annotated[str, typer.Option(help="interactive (goes before bulk work) or bulk")]
+MaxCostOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--max-cost", help="stop the batch at this cost in USD (what is left ends budget_exceeded)"
+    ),
+]
+MaxTokensOpt = Annotated[
+    int | None, typer.Option("--max-tokens", help="stop the batch at this many tokens")
+]
+WebhookOpt = Annotated[
+    str | None,
+    typer.Option(help="POST the Batch object here at its end, signed with PROMPTQ_WEBHOOK_SECRET"),
+]
+ReuseOpt = Annotated[
+    bool,
+    typer.Option(help="answer requests identical to earlier successes from their results, free"),
+]
 EndpointOpt = Annotated[
     str | None, typer.Option(help="the batch's endpoint (default: the lines' url)")
 ]
@@ -68,10 +89,58 @@ def request_source(
     return (lambda: lines), str(template)
 
 
-def not_before_time(text: str | None):  # type: ignore[no-untyped-def]
-    from jobs.schedule import parse_time
+def policy(  # type: ignore[no-untyped-def]
+    not_before: str | None,
+    window: str | None,
+    priority: str,
+    max_cost: float | None,
+    max_tokens: int | None,
+    webhook: str | None,
+    reuse: bool,
+):
+    """The batch's Policy from its options; a bad one is refused before anything is stored."""
+    from jobs.models import Priority
+    from jobs.policy import Policy
+    from jobs.schedule import Window, parse_time
 
-    return parse_time(text) if text else None
+    if priority not in tuple(Priority):
+        raise typer.BadParameter(
+            f"--priority must be interactive or bulk, not {priority!r}", param_hint="--priority"
+        )
+    if webhook is not None:
+        from jobs import webhooks
+        from jobs.settings import get_settings
+
+        webhooks.require_secret(get_settings())
+        webhook = webhooks.check_url(webhook)
+    return Policy(
+        not_before=parse_time(not_before) if not_before else None,
+        window=Window.parse(window) if window else None,
+        priority=Priority(priority),
+        max_cost_usd=max_cost,
+        max_tokens=max_tokens,
+        webhook_url=webhook,
+        reuse=reuse,
+    )
+
+
+def describe(policy) -> list[str]:  # type: ignore[no-untyped-def]
+    """What a policy will do, said once at submission."""
+    said = []
+    if policy.not_before is not None:
+        said.append(
+            f"Nothing is sent before {policy.not_before.astimezone():%Y-%m-%d %H:%M:%S %Z}."
+        )
+    if policy.window is not None:
+        said.append(f"Requests are sent only between {policy.window} (local time) each day.")
+    if policy.max_cost_usd is not None or policy.max_tokens is not None:
+        limits = []
+        if policy.max_cost_usd is not None:
+            limits.append(f"${policy.max_cost_usd:g}")
+        if policy.max_tokens is not None:
+            limits.append(f"{policy.max_tokens:,} tokens")
+        said.append(f"Budget: {' and '.join(limits)}; what is left then ends budget_exceeded.")
+    return said
 
 
 def errors_path(output: Path, errors: Path | None) -> Path:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from jobs.errors import InputError
-from jobs.schedule import parse_time
+from jobs.schedule import Window, parse_time
 
 NOW = datetime(2026, 11, 26, 22, 0, tzinfo=UTC)
 
@@ -31,3 +31,42 @@ def test_hh_mm_is_the_next_such_local_time() -> None:
 def test_a_time_that_is_neither_is_refused_by_name() -> None:
     with pytest.raises(InputError, match="'tonight' is not an ISO 8601 time or HH:MM"):
         parse_time("tonight", NOW)
+
+
+UTC_WINDOW = 0  # the windows below are read on UTC's clock
+
+
+def test_a_window_is_open_between_its_ends_and_closed_outside() -> None:
+    window = Window.parse("09:00-17:30", UTC_WINDOW)
+    assert window.is_open(NOW.replace(hour=9, minute=0))
+    assert window.is_open(NOW.replace(hour=17, minute=29))
+    assert not window.is_open(NOW.replace(hour=17, minute=30))
+    assert not window.is_open(NOW.replace(hour=8, minute=59))
+    assert str(window) == "09:00-17:30"
+
+
+def test_a_window_may_wrap_midnight() -> None:
+    window = Window.parse("22:00-06:00", UTC_WINDOW)
+    assert window.is_open(NOW.replace(hour=23))
+    assert window.is_open(NOW.replace(hour=5, minute=59))
+    assert not window.is_open(NOW.replace(hour=12))
+
+
+def test_next_open_is_now_inside_the_window_and_its_next_start_outside() -> None:
+    window = Window.parse("01:00-02:00", UTC_WINDOW)
+    inside = NOW.replace(hour=1, minute=30)
+    assert window.next_open(inside) == inside
+    assert window.next_open(NOW) == datetime(2026, 11, 27, 1, 0, tzinfo=UTC)
+    assert window.next_open(NOW.replace(hour=0, minute=10)) == NOW.replace(hour=1, minute=0)
+
+
+def test_a_window_is_read_on_the_submitters_clock() -> None:
+    window = Window.parse("09:00-10:00", 60)  # UTC+1
+    assert window.is_open(NOW.replace(hour=8, minute=30))
+    assert not window.is_open(NOW.replace(hour=9, minute=30))
+
+
+@pytest.mark.parametrize("text", ["9-17", "09:00", "25:00-26:00", "10:00-10:00", "night"])
+def test_a_bad_window_is_refused_by_name(text: str) -> None:
+    with pytest.raises(InputError, match="--window"):
+        Window.parse(text, UTC_WINDOW)

@@ -98,16 +98,16 @@ def test_a_retry_waits_in_the_database_until_it_is_due(db: str) -> None:
     later = utcnow() + timedelta(seconds=30)
     store.record([Outcome(c, "retry", status_code=503, error_message="busy", not_before=later)])
     assert store.claim(ids, lease_s=60) == []  # not due yet
-    assert store.due_unsent(utcnow(), None, 100) == []
-    assert store.due_unsent(later + timedelta(seconds=1), None, 100) == ids
-    assert store.due_unsent(later + timedelta(seconds=1), None, 100) == []  # marked as sent
+    assert store.due_unsent(utcnow(), None, 100) == {}
+    assert store.due_unsent(later + timedelta(seconds=1), None, 100) == {"bulk": ids}
+    assert store.due_unsent(later + timedelta(seconds=1), None, 100) == {}  # marked as sent
 
 
 def test_queued_requests_whose_messages_were_lost_are_found_once_stale(db: str) -> None:
     _, ids = make_batch(2)
     now = utcnow()
-    assert store.due_unsent(now, None, 100) == []  # they were sent at submission
-    assert sorted(store.due_unsent(now, now + timedelta(seconds=1), 100)) == sorted(ids)
+    assert store.due_unsent(now, None, 100) == {}  # they were sent at submission
+    assert sorted(store.due_unsent(now, now + timedelta(seconds=1), 100)["bulk"]) == sorted(ids)
 
 
 def test_expired_leases_are_found_and_requeued(db: str) -> None:
@@ -117,7 +117,7 @@ def test_expired_leases_are_found_and_requeued(db: str) -> None:
     lost = store.expired_leases(utcnow())
     assert [row[0] for row in lost] == ids[:1]
     store.requeue([ids[0]], utcnow())
-    assert store.due_unsent(utcnow(), None, 100) == ids[:1]
+    assert store.due_unsent(utcnow(), None, 100) == {"bulk": ids[:1]}
 
 
 def test_a_late_answer_counts_if_nobody_claimed_the_request_since_its_lease_was_taken_back(
