@@ -32,6 +32,18 @@ def reset_caches() -> None:
     get_celery.cache_clear()
 
 
+def deployment_env(tmp_path: Path, simulator: Any, redis_url: str, **extra: str) -> dict[str, str]:
+    """A deployment on the simulator, a real Redis and SQLite in `tmp_path`, quick sweeps."""
+    return {
+        "PROMPTQ_UPSTREAM_BASE_URL": simulator.base_url,
+        "COMETAPI_API_KEY": simulator.key,
+        "PROMPTQ_DATA_DIR": str(tmp_path / "data"),
+        "PROMPTQ_REDIS_URL": redis_url,
+        "PROMPTQ_SWEEP_INTERVAL_S": "0.5",
+        **extra,
+    }
+
+
 def promptq(
     *args: str, env: dict[str, str], cwd: Path | None = None, timeout_s: float = 120
 ) -> subprocess.CompletedProcess[str]:

@@ -8,7 +8,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from tests.deploy import Workers, promptq, wait_for
+from tests.deploy import Workers, deployment_env, promptq, wait_for
 
 MODEL = "o1-mini-2024-09-12"
 USAGE_COLUMNS = (
@@ -276,13 +276,7 @@ def test_nothing_reaches_the_upstream_before_not_before(
     from datetime import UTC, datetime, timedelta
 
     write_batch(tmp_path / "in.jsonl", 20)
-    env = {
-        "PROMPTQ_UPSTREAM_BASE_URL": simulator.base_url,
-        "COMETAPI_API_KEY": simulator.key,
-        "PROMPTQ_DATA_DIR": str(tmp_path / "data"),
-        "PROMPTQ_REDIS_URL": redis_url,
-        "PROMPTQ_SWEEP_INTERVAL_S": "0.5",
-    }
+    env = deployment_env(tmp_path, simulator, redis_url)
     workers = Workers(env, tmp_path / "logs").start(1)
     try:
         start = datetime.now(UTC) + timedelta(seconds=6)

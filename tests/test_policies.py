@@ -14,21 +14,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from tests.deploy import Workers, promptq, submit_and_wait, wait_for
+from tests.deploy import Workers, deployment_env, promptq, submit_and_wait, wait_for
 from tests.test_pipeline import read_jsonl, write_batch
 
 MODEL = "o1-mini-2024-09-12"
-
-
-def _env(tmp_path: Path, simulator: Any, redis_url: str, **extra: str) -> dict[str, str]:
-    return {
-        "PROMPTQ_UPSTREAM_BASE_URL": simulator.base_url,
-        "COMETAPI_API_KEY": simulator.key,
-        "PROMPTQ_DATA_DIR": str(tmp_path / "data"),
-        "PROMPTQ_REDIS_URL": redis_url,
-        "PROMPTQ_SWEEP_INTERVAL_S": "0.5",
-        **extra,
-    }
 
 
 def _db(tmp_path: Path) -> sqlite3.Connection:
@@ -60,7 +49,7 @@ def test_max_cost_stops_a_batch_within_the_in_flight_margin_and_accounts_for_eve
 ) -> None:
     simulator.configure(latency_ms=100)
     concurrency = 8
-    env = _env(tmp_path, simulator, redis_url, PROMPTQ_MAX_CONCURRENCY=str(concurrency))
+    env = deployment_env(tmp_path, simulator, redis_url, PROMPTQ_MAX_CONCURRENCY=str(concurrency))
     write_batch(tmp_path / "in.jsonl", 120)
     max_cost_usd = 0.05
     workers = Workers(env, tmp_path / "logs").start(1)
@@ -105,7 +94,7 @@ def test_max_cost_stops_a_batch_within_the_in_flight_margin_and_accounts_for_eve
 def test_max_tokens_stops_a_batch_at_its_token_budget(
     tmp_path: Path, simulator: Any, redis_url: str
 ) -> None:
-    env = _env(tmp_path, simulator, redis_url, PROMPTQ_MAX_CONCURRENCY="4")
+    env = deployment_env(tmp_path, simulator, redis_url, PROMPTQ_MAX_CONCURRENCY="4")
     write_batch(tmp_path / "in.jsonl", 40)
     workers = Workers(env, tmp_path / "logs").start(1)
     try:
@@ -126,7 +115,7 @@ def test_an_interactive_request_goes_ahead_of_a_5000_request_bulk_backlog(
     latency_s = 0.3
     concurrency = 8
     simulator.configure(latency_ms=latency_s * 1000)
-    env = _env(tmp_path, simulator, redis_url, PROMPTQ_MAX_CONCURRENCY=str(concurrency))
+    env = deployment_env(tmp_path, simulator, redis_url, PROMPTQ_MAX_CONCURRENCY=str(concurrency))
     write_batch(tmp_path / "bulk.jsonl", 5000)
     one = {
         "custom_id": "urgent",
@@ -184,7 +173,7 @@ def test_nothing_is_sent_outside_the_window_and_the_rest_waits_for_it_to_open(
     closes = now.replace(second=0, microsecond=0) + timedelta(minutes=1)
     window = f"{opened:%H:%M}-{closes:%H:%M}"
     simulator.configure(latency_ms=200)
-    env = _env(tmp_path, simulator, redis_url, PROMPTQ_MAX_CONCURRENCY="4")
+    env = deployment_env(tmp_path, simulator, redis_url, PROMPTQ_MAX_CONCURRENCY="4")
     write_batch(tmp_path / "in.jsonl", 2000)  # far more than fits before the window closes
     workers = Workers(env, tmp_path / "logs").start(1)
     try:
@@ -224,7 +213,7 @@ def test_nothing_is_sent_outside_the_window_and_the_rest_waits_for_it_to_open(
 def test_reuse_answers_repeats_of_earlier_successes_for_free_and_sends_only_the_new_ones(
     tmp_path: Path, simulator: Any, redis_url: str
 ) -> None:
-    env = _env(tmp_path, simulator, redis_url)
+    env = deployment_env(tmp_path, simulator, redis_url)
     write_batch(tmp_path / "first.jsonl", 10)
     write_batch(tmp_path / "second.jsonl", 14)  # the same 10 first lines, and 4 more
     workers = Workers(env, tmp_path / "logs").start(1)

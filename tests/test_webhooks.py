@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from jobs import webhooks
-from tests.deploy import Workers, promptq, wait_for
-from tests.worker.test_notifier import Hit, Receiver
+from tests.deploy import Workers, deployment_env, promptq, wait_for
+from tests.receiver import Hit, Receiver
 
 SECRET = "whsec-e2e-" + "5" * 24
 REQUESTS = 5
@@ -49,16 +49,14 @@ def test_a_receiver_gets_each_terminal_state_once_signed_even_when_its_first_att
     tmp_path: Path, simulator: Any, redis_url: str
 ) -> None:
     write_batch(tmp_path / "in.jsonl")
-    env = {
-        "PROMPTQ_UPSTREAM_BASE_URL": simulator.base_url,
-        "COMETAPI_API_KEY": simulator.key,
-        "PROMPTQ_DATA_DIR": str(tmp_path / "data"),
-        "PROMPTQ_REDIS_URL": redis_url,
-        "PROMPTQ_SWEEP_INTERVAL_S": "0.5",
-        "PROMPTQ_WEBHOOK_SECRET": SECRET,
-        "PROMPTQ_WEBHOOK_INTERVAL_S": "0.2",
-        "PROMPTQ_WEBHOOK_BACKOFF_BASE_S": "0.2",
-    }
+    env = deployment_env(
+        tmp_path,
+        simulator,
+        redis_url,
+        PROMPTQ_WEBHOOK_SECRET=SECRET,
+        PROMPTQ_WEBHOOK_INTERVAL_S="0.2",
+        PROMPTQ_WEBHOOK_BACKOFF_BASE_S="0.2",
+    )
     workers = Workers(env, tmp_path / "logs").start(1)
     try:
         with Receiver(statuses=[500]) as on_completed, Receiver(statuses=[500]) as on_cancelled:

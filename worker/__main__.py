@@ -9,6 +9,7 @@ import socket
 import sys
 
 from jobs.constants import QUEUE
+from jobs.logs import configure_logging
 
 DEFAULT_THREADS = 8
 
@@ -23,9 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--loglevel", default=os.environ.get("PROMPTQ_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(args.loglevel)  # PROMPTQ_LOG_FORMAT: text or json, secrets scrubbed
 
     # one line per upstream call drowns what matters; failures are logged by promptq itself
     logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
@@ -31,6 +32,7 @@ from worker.estimate import estimate_split
 from worker.limits import Limits, ModelLimits
 from worker.retry import RetryPolicy, backoff_s, next_delay_s
 from worker.store import Claimed, Outcome
+from worker.telemetry import record_call
 from worker.upstream import UpstreamClient
 from worker.usage import PriceTable, Usage
 from worker.writer import GroupWriter
@@ -67,6 +69,7 @@ class Runtime:
         self.db = ThreadPoolExecutor(DB_THREADS, thread_name_prefix="promptq-db")
         self.loop = asyncio.new_event_loop()
         self.held: dict[str, int] = {}  # request id -> attempt, for lease renewal
+        self._background: set[asyncio.Task[None]] = set()  # telemetry writes in progress
         self.draining = False
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run_loop, name="promptq-loop", daemon=True)
@@ -201,20 +204,26 @@ class Runtime:
                 if c.window is not None and not c.window.is_open(now):  # shut while it waited
                     await admission.failed()
                     return Outcome(c, "deferred", not_before=c.window.next_open(now))
+                sent_at = time.perf_counter()
                 try:
                     answer = await self.client.call(c.url, body)
                 except RateLimitedError as exc:
+                    self._telemetry(c.model, sent_at, "rate_limited")
                     await admission.overloaded(exc.retry_after_s or self.policy.base_s)
                     raise
                 except RetryableUpstreamError as exc:
                     if exc.status_code in OVERLOAD_STATUSES or exc.status_code is None:
+                        self._telemetry(c.model, sent_at, "overloaded")
                         await admission.overloaded(None)
                     else:
+                        self._telemetry(c.model, sent_at, "failed")
                         await admission.failed()
                     raise
                 except PermanentUpstreamError:
+                    self._telemetry(c.model, sent_at, "failed")
                     await admission.failed()
                     raise
+                self._telemetry(c.model, sent_at, "ok")
                 usage = answer.usage or Usage()
                 try:
                     await admission.succeeded(usage.total_tokens if answer.usage else None)
@@ -245,6 +254,15 @@ class Runtime:
             usage=usage,
             cost_usd=self.prices.cost_usd(c.model, usage),
         )
+
+    def _telemetry(self, model: str, sent_at: float, outcome: str) -> None:
+        """Count the call for `/metrics`, off the call's path (one Redis round trip later)."""
+        latency_s = time.perf_counter() - sent_at
+        task = self.loop.create_task(
+            record_call(self.redis, self.settings.upstream_scope, model, latency_s, outcome)
+        )
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _retry_later(self, c: Claimed, message: str) -> Outcome:
         delay_s = backoff_s(c.attempt, self.policy)

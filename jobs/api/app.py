@@ -11,11 +11,12 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
+from jobs import metrics
 from jobs.api import batches, files, jobs
 from jobs.api.envelope import documented, error_content
 from jobs.db import session_scope
@@ -75,6 +76,18 @@ def create_app() -> FastAPI:
         tags=["health"],
         responses=documented(503),
         summary="Liveness and database reachability; needs no key",
+    )
+    app.add_api_route(
+        "/metrics",
+        metrics.scrape,
+        methods=["GET"],
+        tags=["health"],
+        response_class=Response,  # the 200's media type is below; errors stay JSON
+        responses={
+            200: {"content": {"text/plain": {"schema": {"type": "string"}}}},
+            **documented(503),
+        },
+        summary="The fleet in Prometheus' text format; needs no key",
     )
     return app
 

@@ -44,8 +44,10 @@ def api(
     """Serve the HTTP API (OpenAI's Files and Batches API; docs at /docs)."""
     import uvicorn
 
+    from jobs.logs import configure_logging
     from jobs.migrate import ensure_schema
 
+    configure_logging(os.environ.get("PROMPTQ_LOG_LEVEL", "INFO"))
     ensure_schema()
     uvicorn.run(
         "jobs.api.app:create_app",
@@ -55,6 +57,8 @@ def api(
         proxy_headers=True,
         # long polls last up to a minute; a stop should not wait that long for them
         timeout_graceful_shutdown=API_GRACEFUL_STOP_S,
+        # uvicorn's own lines go through the root logger: the same format and scrubbing
+        log_config=None,
     )
 
 

@@ -169,3 +169,44 @@ def test_limits_admit_through_pause_slots_and_window(redis_url: str) -> None:
         return int(await redis.get("promptq:tpm:up|m:sum"))
 
     assert run(redis_url, body) == 40
+
+
+def test_an_interactive_waiter_takes_the_next_free_slot_before_bulk_waiters(
+    redis_url: str,
+) -> None:
+    async def body(redis: Redis) -> list[str]:
+        holder = Concurrency(redis, "prio", hard_limit=1, lease_s=30)
+        bulk = Concurrency(redis, "prio", hard_limit=1, lease_s=30)  # another process
+        urgent = Concurrency(redis, "prio", hard_limit=1, lease_s=30)  # and a third
+        token, _ = await holder.acquire()
+        order: list[str] = []
+
+        async def take(slots: Concurrency, name: str, interactive: bool) -> None:
+            got, _ = await slots.acquire(interactive)
+            order.append(name)
+            await slots.release(got)
+
+        bulk_waiters = [asyncio.create_task(take(bulk, f"bulk{i}", False)) for i in range(3)]
+        await asyncio.sleep(0.1)  # the bulk callers were waiting first
+        waiter = asyncio.create_task(take(urgent, "interactive", True))
+        await asyncio.sleep(0.1)
+        await holder.release(token)
+        await asyncio.wait_for(asyncio.gather(waiter, *bulk_waiters), 5)
+        return order
+
+    assert run(redis_url, body)[0] == "interactive"
+
+
+def test_a_dead_interactive_waiter_stops_holding_bulk_callers_back(redis_url: str) -> None:
+    async def body(redis: Redis) -> None:
+        holder = Concurrency(redis, "gone", hard_limit=1, lease_s=30)
+        token, _ = await holder.acquire()
+        waiter = asyncio.create_task(
+            Concurrency(redis, "gone", hard_limit=1, lease_s=30).acquire(True)
+        )
+        await asyncio.sleep(0.1)
+        waiter.cancel()  # it registered its wish to go first, then went away
+        await holder.release(token)
+        await asyncio.wait_for(Concurrency(redis, "gone", 1, 30).acquire(), 3)
+
+    run(redis_url, body)
