@@ -13,6 +13,7 @@ import sys
 from types import TracebackType
 from typing import Any
 
+from jobs.lifeline import PARENT_PID_ENV
 from jobs.settings import Settings
 
 WORKER_STOP_S = 10.0
@@ -84,6 +85,8 @@ class LocalDeployment:
             self.say(f"Redis: embedded, {self.redis_url}")
         self.env["PROMPTQ_REDIS_URL"] = self.redis_url
         self.env["PROMPTQ_DATA_DIR"] = str(self.settings.resolved_data_dir)
+        # workers stop themselves if `run` is killed before it can stop them
+        self.env[PARENT_PID_ENV] = str(os.getpid())
         for n in range(self.workers):
             log = (self.log_dir / f"worker-{n + 1}.log").open("ab")
             self.processes.append(

@@ -70,3 +70,67 @@ def test_an_interrupted_run_resumes_and_sends_only_unfinished_requests(
     assert "already ran this file to completion" in " ".join(again.stderr.split())
     assert (tmp_path / "again.jsonl").read_text() == (tmp_path / "out.jsonl").read_text()
     assert simulator.stats()["requests_total"] == sum(sends.values())  # nothing sent again
+
+
+def _started_by(pid: int) -> list[int]:
+    """Live processes whose environment names `pid` as the parent to stop with."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if f"PROMPTQ_PARENT_PID={pid}".encode() in environ and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def test_a_killed_run_leaves_no_worker_or_simulator_behind_and_its_rerun_completes(
+    tmp_path: Path,
+) -> None:
+    from jobs.embedded import EmbeddedRedis
+
+    count = 200
+    with (tmp_path / "in.jsonl").open("w") as f:
+        for i in range(count):
+            body = {"model": "o1-mini-2024-09-12", "input": f"question {i}"}
+            line = {"custom_id": f"q{i}", "method": "POST", "url": "/v1/responses", "body": body}
+            f.write(json.dumps(line) + "\n")
+    # no key: `run` starts its own simulator as well as its worker and an embedded Redis
+    env = {"PROMPTQ_DATA_DIR": str(tmp_path / "data"), "PROMPTQ_SWEEP_INTERVAL_S": "0.5"}
+    env_without_key = {k: v for k, v in os.environ.items() if k != "COMETAPI_API_KEY"}
+    first = subprocess.Popen(
+        [sys.executable, "-m", "jobs", "run", "in.jsonl", "-o", "out.jsonl"],
+        cwd=tmp_path,
+        env={**env_without_key, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        children = wait_for(lambda: len(_started_by(first.pid)) >= 2, 60, "worker and simulator")
+        db = tmp_path / "data" / "promptq.db"
+
+        def some_done() -> bool:
+            import sqlite3
+
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+                query = "SELECT count(*) FROM requests WHERE status = 'succeeded'"
+                return bool(conn.execute(query).fetchone()[0])
+
+        wait_for(some_done, 60, "the first results")
+        first.kill()  # no chance to stop what it started
+        first.wait()
+        wait_for(lambda: not _started_by(first.pid), 30, f"{children} to stop by themselves")
+
+        again = promptq("run", "in.jsonl", "-o", "out.jsonl", env=env, cwd=tmp_path, timeout_s=180)
+        assert again.returncode == 0, again.stdout + again.stderr
+        lines = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+        assert sorted(line["custom_id"] for line in lines) == sorted(f"q{i}" for i in range(count))
+    finally:
+        if first.poll() is None:
+            first.kill()
+        EmbeddedRedis((tmp_path / "data").resolve()).stop()

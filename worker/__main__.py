@@ -28,11 +28,15 @@ def main(argv: list[str] | None = None) -> int:
 
     # one line per upstream call drowns what matters; failures are logged by promptq itself
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    from jobs.settings import get_settings
     from worker.app import get_app
 
+    # the startup banner is printed, not logged: JSON logs must hold only JSON lines
+    quiet = ["--quiet"] if get_settings().log_format == "json" else []
     get_app().worker_main(
         [
             "worker",
+            *quiet,
             "--pool=threads",
             f"--concurrency={args.concurrency}",
             f"--queues={QUEUE}",

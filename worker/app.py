@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import signal
 from typing import Any
 
 from celery import Celery, signals
 
+from jobs.lifeline import watch_parent
 from jobs.queue import get_celery, resolve_redis_url
 from jobs.settings import get_settings
 
@@ -43,6 +46,8 @@ def _start_sweeper(**_: Any) -> None:
     _notifier = Notifier(get_settings(), resolve_redis_url())
     _notifier.start()
     _start_interactive()
+    # started by `promptq run`: stop (draining, as on SIGTERM) if it dies without stopping us
+    watch_parent(lambda: os.kill(os.getpid(), signal.SIGTERM))
 
 
 def _start_interactive() -> None:

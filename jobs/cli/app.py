@@ -7,7 +7,7 @@ import sys
 import typer
 from rich.console import Console
 
-from jobs.errors import InputError, PromptqError
+from jobs.errors import InputError, InvalidRequestError, PromptqError
 
 app = typer.Typer(
     help="promptq: run thousands of LLM prompts reliably, with usage and cost accounting.",
@@ -36,6 +36,9 @@ def main() -> None:
             print(f"error: {exc.source}: no such file", file=sys.stderr)
         else:
             print(f"error: {exc}\nNothing was submitted.", file=sys.stderr)
+        sys.exit(2)
+    except InvalidRequestError as exc:  # a bad option: nothing was touched
+        print(f"error: {exc}\nNothing was submitted.", file=sys.stderr)
         sys.exit(2)
     except PromptqError as exc:
         print(f"error: {exc}", file=sys.stderr)

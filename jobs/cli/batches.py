@@ -194,10 +194,31 @@ def status(
         ),
         ("cost", f"${obj['cost_usd']:.6f}"),
     ]
+    if runs := _policy_line(batch):
+        rows.append(("runs", runs))
+    for entry in (obj["errors"] or {}).get("data", [])[:5]:
+        where = f"line {entry['line']}: " if entry.get("line") else ""
+        rows.append(("error", f"{where}{entry['code']}: {entry['message']}"))
     rows.append(("upstream", _limits_line()))
     for key, value in rows:
         table.add_row(f"[bold]{key}", str(value))
     out.print(table)
+
+
+def _policy_line(batch) -> str:  # type: ignore[no-untyped-def]
+    """How the batch runs, when it was given more than the defaults."""
+    parts = [f"priority {batch.priority}"]
+    if batch.window:
+        parts.append(f"window {batch.window} (UTC{batch.window_utc_offset_min or 0:+d} min)")
+    if batch.max_cost_usd is not None:
+        parts.append(f"budget ${batch.max_cost_usd:g}")
+    if batch.max_tokens is not None:
+        parts.append(f"budget {batch.max_tokens:,} tokens")
+    if batch.webhook_url:
+        parts.append(f"webhook {batch.webhook_url}")
+    if batch.reuse:
+        parts.append("reusing earlier results")
+    return ", ".join(parts)
 
 
 def _limits_line() -> str:

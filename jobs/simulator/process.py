@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 
 from jobs.errors import ServiceError
+from jobs.lifeline import PARENT_PID_ENV
 from jobs.simulator.config import argv_from_fields
 from jobs.simulator.server import LISTENING_PREFIX
 
@@ -64,6 +65,7 @@ class SimulatorProcess:
             path for path in (str(_SOURCE_ROOT), env.get("PYTHONPATH", "")) if path
         )
         env["PYTHONUNBUFFERED"] = "1"
+        env[PARENT_PID_ENV] = str(os.getpid())  # it stops if we die without stopping it
         self.process = subprocess.Popen(
             self.argv, stdout=subprocess.PIPE, text=True, env=env, cwd=_SOURCE_ROOT
         )

@@ -18,6 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
+from jobs.lifeline import watch_parent
 from jobs.simulator import answers
 from jobs.simulator.answers import ApiError, Prompt
 from jobs.simulator.config import SimConfig, config_from_argv
@@ -322,6 +323,7 @@ async def serve(config: SimConfig) -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
+        watch_parent(lambda: loop.call_soon_threadsafe(stop.set))
         print(listening_line(config.host, sock.getsockname()[1]), flush=True)
         await stop.wait()
     finally:

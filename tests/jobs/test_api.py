@@ -155,6 +155,37 @@ def test_results_of_a_running_batch_stream_in_input_order_and_resume_from_the_cu
     check_every_line_answers_its_own_request(seen, prompts)
 
 
+def test_promptqs_batch_options_ride_in_extra_body_and_a_bad_one_is_refused_by_name(
+    api_server: ApiServer,
+) -> None:
+    client = api_server.client(api_server.key("options"))
+    content, _ = batch_file(6, "options")
+    file_id = upload(client, content)
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.batches.create(
+            input_file_id=file_id,
+            endpoint="/v1/responses",
+            completion_window="24h",
+            extra_body={"window": "25:00-26:00"},
+        )
+    assert refused.value.body["param"] == "window"  # type: ignore[index]
+    # a budget too small for one call: nothing is sent, and the batch says why
+    created = client.batches.create(
+        input_file_id=file_id,
+        endpoint="/v1/responses",
+        completion_window="24h",
+        extra_body={"max_cost_usd": 0.000001, "priority": "interactive"},
+    )
+    batch = wait_ended(api_server, client, created.id)
+    assert batch.status == "completed"
+    assert batch.request_counts is not None and batch.request_counts.failed == 6
+    assert batch.errors is not None and batch.errors.data is not None
+    assert [e.code for e in batch.errors.data] == ["budget_exceeded"]
+    assert batch.error_file_id
+    errors = jsonl(client.files.content(batch.error_file_id).content)
+    assert {line["error"]["code"] for line in errors} == {"budget_exceeded"}
+
+
 def test_batches_list_pages_newest_first_with_limit_and_after(api_server: ApiServer) -> None:
     client = api_server.client(api_server.key("pages"))
     made = [submit(client, batch_file(1, f"page{i}")[0]).id for i in range(5)]

@@ -105,3 +105,47 @@ def test_a_missing_file_is_refused_and_creates_nothing(tmp_path: Path, redis_url
     assert done.returncode == 2
     assert f"{tmp_path / 'nope.jsonl'}: no such file" in done.stderr
     assert not data_dir.exists()
+
+
+BAD_OPTIONS = [
+    (("--window", "25:00-26:00"), "--window: '25:00-26:00' is not HH:MM-HH:MM"),
+    (("--window", "09:00-09:00"), "is empty: it starts when it ends"),
+    (("--not-before", "tonight"), "'tonight' is not an ISO 8601 time or HH:MM"),
+    (("--max-cost", "-1"), "--max-cost must be a positive amount of USD"),
+    (("--max-tokens", "0"), "--max-tokens must be a positive number"),
+    (("--webhook", "http://127.0.0.1:9/hook"), "set PROMPTQ_WEBHOOK_SECRET"),
+    (("--priority", "urgent"), "--priority must be interactive or bulk"),
+]
+
+
+@pytest.mark.parametrize(("options", "says"), BAD_OPTIONS, ids=[o[0][0] for o in BAD_OPTIONS])
+def test_a_bad_batch_option_is_refused_by_name_and_creates_nothing(
+    options: tuple[str, ...], says: str, tmp_path: Path, redis_url: str, redis_server: RedisServer
+) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(good("a", "b"))
+    data_dir = tmp_path / "data"
+    env = {"PROMPTQ_DATA_DIR": str(data_dir), "PROMPTQ_REDIS_URL": redis_url}
+    done = promptq("submit", str(path), *options, env=env)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert says in " ".join(done.stderr.split()), done.stderr  # rich may wrap a usage error
+    assert "Traceback" not in done.stderr
+    assert not done.stdout.strip()
+    assert not data_dir.exists()
+    assert redis_server.client().dbsize() == 0
+
+
+def test_a_webhook_that_is_not_an_http_url_is_refused_by_name(
+    tmp_path: Path, redis_url: str
+) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(good("a"))
+    env = {
+        "PROMPTQ_DATA_DIR": str(tmp_path / "data"),
+        "PROMPTQ_REDIS_URL": redis_url,
+        "PROMPTQ_WEBHOOK_SECRET": "s3cret-for-tests",
+    }
+    done = promptq("submit", str(path), "--webhook", "ftp://example.com/hook", env=env)
+    assert done.returncode == 2, done.stderr
+    assert "--webhook" in done.stderr and "ftp://example.com/hook" in done.stderr
+    assert not (tmp_path / "data").exists()
