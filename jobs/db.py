@@ -14,6 +14,7 @@ from sqlmodel import Session, create_engine
 from jobs.settings import get_settings
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+READ_ONLY = "promptq_read_only"  # an execution option: see read_scope
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -35,7 +36,9 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # a reader in WAL mode never blocks the writers: it needs no lock at all
+        read_only = conn.get_execution_options().get(READ_ONLY, False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 _engines: dict[str, Engine] = {}
@@ -74,6 +77,18 @@ def session_scope(url: str | None = None) -> Iterator[Session]:
         except BaseException:
             session.rollback()
             raise
+
+
+@contextmanager
+def read_scope(url: str | None = None) -> Iterator[Session]:
+    """A session that only reads (scrapes, progress, reports): on SQLite it takes no write
+    lock, so a long read never stalls the workers' writes; it never commits."""
+    engine = get_engine(url).execution_options(**{READ_ONLY: True})
+    with Session(engine, expire_on_commit=False) as session:
+        try:
+            yield session
+        finally:
+            session.rollback()
 
 
 def reset_engines() -> None:

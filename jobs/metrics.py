@@ -38,7 +38,7 @@ from jobs.constants import (
     METRICS_LATENCY_SUM_KEY,
     METRICS_RATE_LIMITED_KEY,
 )
-from jobs.db import session_scope
+from jobs.db import read_scope
 from jobs.errors import ServiceError
 from jobs.models import Batch, BatchStatus, Request, RequestStatus
 from jobs.settings import Settings, get_settings
@@ -112,7 +112,7 @@ def _read_database() -> Snapshot:
     usage_columns = [*TOKEN_COLUMNS.values(), "cost_usd"]
     sums = [func.coalesce(func.sum(getattr(Request, name)), 0) for name in usage_columns]
     requests, batches, model = col(Request.status), col(Batch.status), col(Request.model)
-    with session_scope() as session:
+    with read_scope() as session:
         by_state = session.execute(select(requests, func.count()).group_by(requests)).all()
         by_status = session.execute(select(batches, func.count()).group_by(batches)).all()
         usage = session.execute(select(model, *sums).group_by(model)).all()

@@ -15,14 +15,14 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from jobs.db import session_scope
+from jobs.db import read_scope
 from jobs.models import BATCH_TERMINAL, Batch
 
 POLL_S = 0.5
 
 
 def snapshot(batch_id: str) -> Batch:
-    with session_scope() as session:
+    with read_scope() as session:
         batch = session.get(Batch, batch_id)
         assert batch is not None
         session.expunge(batch)

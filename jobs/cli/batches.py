@@ -169,9 +169,9 @@ def status(
 ) -> None:
     """Show a batch."""
     from jobs import batches
-    from jobs.db import session_scope
+    from jobs.db import read_scope
 
-    with session_scope() as session:
+    with read_scope() as session:
         batch = batches.get_batch(session, batch_id)
         obj = batches.to_openai(batch)
         counts = batches.status_counts(session, batch_id)
@@ -305,7 +305,7 @@ def usage(
     from datetime import UTC, datetime
 
     from jobs import usage as usage_mod
-    from jobs.db import session_scope
+    from jobs.db import read_scope
     from jobs.migrate import ensure_schema
 
     start = None
@@ -316,7 +316,7 @@ def usage(
             raise typer.BadParameter(f"--since {since!r} is not an ISO date") from exc
         start = start if start.tzinfo else start.replace(tzinfo=UTC)
     ensure_schema()
-    with session_scope() as session:
+    with read_scope() as session:
         try:
             rows = usage_mod.summary(session, by, start)
         except ValueError as exc:
