@@ -84,11 +84,9 @@ def read_scope(url: str | None = None) -> Iterator[Session]:
     """A session that only reads (scrapes, progress, reports): on SQLite it takes no write
     lock, so a long read never stalls the workers' writes; it never commits."""
     engine = get_engine(url).execution_options(**{READ_ONLY: True})
+    # closing ends the transaction and keeps what was read (a rollback would expire it)
     with Session(engine, expire_on_commit=False) as session:
-        try:
-            yield session
-        finally:
-            session.rollback()
+        yield session
 
 
 def reset_engines() -> None:
