@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, exists, func, or_, select, update
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from jobs.errors import NotFoundError
 from jobs.models import (
@@ -42,7 +42,7 @@ def page(
     """One owner's batches (or jobs), newest first, those after `after`; and whether more follow."""
     created: Any = Batch.created_at
     ident: Any = Batch.id
-    stmt = select(Batch).where(Batch.owner == owner, Batch.kind == kind)  # type: ignore[arg-type]
+    stmt = select(Batch).where(col(Batch.owner) == owner, col(Batch.kind) == kind)
     if after is not None:
         mark = get_batch(session, after, owner, kind)
         stmt = stmt.where(
@@ -60,7 +60,7 @@ def cancel(session: Session, batch_id: str, owner: str | None = None) -> Batch:
     now = utcnow()
     session.execute(
         update(Batch)
-        .where(Batch.id == batch_id)  # type: ignore[arg-type]
+        .where(col(Batch.id) == batch_id)
         .values(status=BatchStatus.CANCELLING, cancelling_at=now)
     )
     _end_queued(session, batch_id, RequestStatus.CANCELLED, "batch_cancelled", now)
@@ -74,8 +74,8 @@ def expire(session: Session, batch_id: str) -> None:
     now = utcnow()
     marked = session.execute(
         update(Batch)
-        .where(Batch.id == batch_id, Batch.status == BatchStatus.IN_PROGRESS)  # type: ignore[arg-type]
-        .where(Batch.expired_at.is_(None))  # type: ignore[union-attr]
+        .where(col(Batch.id) == batch_id, col(Batch.status) == BatchStatus.IN_PROGRESS)
+        .where(col(Batch.expired_at).is_(None))
         .values(expired_at=now)
     )
     if marked.rowcount:  # type: ignore[attr-defined]
@@ -95,9 +95,9 @@ def fail_interrupted_validations(session: Session, before: datetime) -> int:
     }
     failed = session.scalars(
         update(Batch)
-        .where(Batch.status == BatchStatus.VALIDATING, Batch.created_at < before)  # type: ignore[arg-type,operator]
+        .where(col(Batch.status) == BatchStatus.VALIDATING, col(Batch.created_at) < before)
         .values(status=BatchStatus.FAILED, failed_at=now, errors=[error])
-        .returning(Batch.id)
+        .returning(col(Batch.id))
     ).all()
     for batch_id in failed:
         notify(session, batch_id)
@@ -105,18 +105,18 @@ def fail_interrupted_validations(session: Session, before: datetime) -> int:
 
 
 def overdue_batches(session: Session, now: datetime | None = None) -> list[str]:
-    stmt = select(Batch.id).where(
-        Batch.status == BatchStatus.IN_PROGRESS,  # type: ignore[arg-type]
-        Batch.expires_at < (now or utcnow()),  # type: ignore[operator]
-        Batch.expired_at.is_(None),  # type: ignore[union-attr]
+    stmt = select(col(Batch.id)).where(
+        col(Batch.status) == BatchStatus.IN_PROGRESS,
+        col(Batch.expires_at) < (now or utcnow()),
+        col(Batch.expired_at).is_(None),
     )
     return list(session.scalars(stmt))
 
 
 def open_batches(session: Session) -> list[str]:
     """Batches that still run (or are being cancelled)."""
-    stmt = select(Batch.id).where(
-        Batch.status.in_([BatchStatus.IN_PROGRESS, BatchStatus.CANCELLING])  # type: ignore[attr-defined]
+    stmt = select(col(Batch.id)).where(
+        col(Batch.status).in_([BatchStatus.IN_PROGRESS, BatchStatus.CANCELLING])
     )
     return list(session.scalars(stmt))
 
@@ -126,13 +126,13 @@ def find_resumable(session: Session, sha256: str, owner: str = "local") -> Batch
     stmt = (
         select(Batch)
         .where(
-            Batch.input_sha256 == sha256,  # type: ignore[arg-type]
-            Batch.owner == owner,  # type: ignore[arg-type]
-            Batch.status.in_(  # type: ignore[attr-defined]
+            col(Batch.input_sha256) == sha256,
+            col(Batch.owner) == owner,
+            col(Batch.status).in_(
                 [BatchStatus.IN_PROGRESS, BatchStatus.FINALIZING, BatchStatus.COMPLETED]
             ),
         )
-        .order_by(Batch.created_at.desc())  # type: ignore[attr-defined]
+        .order_by(col(Batch.created_at).desc())
         .limit(1)
     )
     return session.scalars(stmt).first()
@@ -147,13 +147,13 @@ def resume(session: Session, batch_id: str, *, reclaim_running: bool) -> None:
     if reclaim_running:
         session.execute(
             update(Request)
-            .where(Request.batch_id == batch_id, Request.status == RequestStatus.RUNNING)  # type: ignore[arg-type]
+            .where(col(Request.batch_id) == batch_id, col(Request.status) == RequestStatus.RUNNING)
             .values(status=RequestStatus.QUEUED, lease_until=None)
         )
     # NULL enqueued_at: the sweeper sends every one of them again (duplicates are harmless)
     session.execute(
         update(Request)
-        .where(Request.batch_id == batch_id, Request.status == RequestStatus.QUEUED)  # type: ignore[arg-type]
+        .where(col(Request.batch_id) == batch_id, col(Request.status) == RequestStatus.QUEUED)
         .values(enqueued_at=None)
     )
 
@@ -168,13 +168,13 @@ def _end_queued(
     }[code]
     ended = session.execute(
         update(Request)
-        .where(Request.batch_id == batch_id, Request.status == RequestStatus.QUEUED)  # type: ignore[arg-type]
+        .where(col(Request.batch_id) == batch_id, col(Request.status) == RequestStatus.QUEUED)
         .values(status=status, error_code=code, error_message=message, finished_at=now)
     ).rowcount  # type: ignore[attr-defined]
     if ended:
         session.execute(
             update(Batch)
-            .where(Batch.id == batch_id)  # type: ignore[arg-type]
+            .where(col(Batch.id) == batch_id)
             .values(request_failed=Batch.request_failed + ended)
         )
     return int(ended or 0)
@@ -182,7 +182,7 @@ def _end_queued(
 
 def has_pending(session: Session, batch_id: str) -> bool:
     stmt = select(
-        exists().where(Request.batch_id == batch_id, Request.status.in_(PENDING))  # type: ignore[arg-type,attr-defined]
+        exists().where(col(Request.batch_id) == batch_id, col(Request.status).in_(PENDING))
     )
     return bool(session.scalar(stmt))
 
@@ -195,12 +195,16 @@ def finalize_if_done(session: Session, batch_id: str) -> bool:
     won = session.execute(
         update(Batch)
         .where(
-            Batch.id == batch_id,  # type: ignore[arg-type]
-            Batch.status.in_([BatchStatus.IN_PROGRESS, BatchStatus.CANCELLING]),  # type: ignore[attr-defined]
+            col(Batch.id) == batch_id,
+            col(Batch.status).in_([BatchStatus.IN_PROGRESS, BatchStatus.CANCELLING]),
         )
         .values(status=BatchStatus.FINALIZING, finalizing_at=now)
         .returning(
-            Batch.cancelling_at, Batch.expired_at, Batch.owner, Batch.kind, Batch.webhook_url
+            col(Batch.cancelling_at),
+            col(Batch.expired_at),
+            col(Batch.owner),
+            col(Batch.kind),
+            col(Batch.webhook_url),
         )
     ).first()
     if won is None:
@@ -214,9 +218,7 @@ def finalize_if_done(session: Session, batch_id: str) -> bool:
         final = {"status": BatchStatus.EXPIRED}
     else:
         final = {"status": BatchStatus.COMPLETED, "completed_at": now}
-    session.execute(
-        update(Batch).where(Batch.id == batch_id).values(**final, **files)  # type: ignore[arg-type]
-    )
+    session.execute(update(Batch).where(col(Batch.id) == batch_id).values(**final, **files))
     if webhook_url:
         notify(session, batch_id)
     return True
@@ -244,7 +246,7 @@ def stop_for_budget(session: Session, batch_id: str, message: str) -> int:
         entry = {"code": "budget_exceeded", "line": None, "message": message, "param": None}
         session.execute(
             update(Batch)
-            .where(Batch.id == batch_id)  # type: ignore[arg-type]
+            .where(col(Batch.id) == batch_id)
             .values(errors=[*(batch.errors or []), entry])
         )
     return ended
@@ -274,8 +276,8 @@ def _write_files(session: Session, batch_id: str, owner: str) -> dict[str, str]:
 
 def status_counts(session: Session, batch_id: str) -> dict[str, int]:
     stmt = (
-        select(Request.status, func.count())
-        .where(Request.batch_id == batch_id)  # type: ignore[arg-type]
+        select(col(Request.status), func.count())
+        .where(col(Request.batch_id) == batch_id)
         .group_by(Request.status)
     )
     return {status: count for status, count in session.execute(stmt)}

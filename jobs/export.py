@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from jobs.errors import InputError, LineFault
 from jobs.models import Request, RequestStatus
@@ -54,8 +54,8 @@ def answer_text(body: dict[str, Any]) -> str:
 def _rows(session: Session, batch_id: str) -> Iterator[Any]:
     stmt = (
         select(Request)
-        .where(Request.batch_id == batch_id)  # type: ignore[arg-type]
-        .order_by(Request.line)  # type: ignore[arg-type]
+        .where(col(Request.batch_id) == batch_id)
+        .order_by(col(Request.line))
         .execution_options(yield_per=1000)
     )
     yield from session.scalars(stmt)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import and_, or_, select
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from jobs.db import session_scope
 from jobs.errors import NotFoundError
@@ -47,10 +47,10 @@ def page(
     purpose: str | None = None,
 ) -> tuple[list[File], bool]:
     """One owner's files in creation order, those after `after`; and whether more follow."""
-    stmt = select(File).where(File.owner == owner)  # type: ignore[arg-type]
+    stmt = select(File).where(col(File.owner) == owner)
     if purpose is not None:
         stored = [name for name, shown in SHOWN_PURPOSE.items() if shown == purpose] or [purpose]
-        stmt = stmt.where(File.purpose.in_(stored))  # type: ignore[attr-defined]
+        stmt = stmt.where(col(File.purpose).in_(stored))
     if after is not None:
         mark = get_file(session, after, owner)
         stmt = stmt.where(_beyond(mark.created_at, mark.id, newest_first))

@@ -12,7 +12,7 @@ import secrets
 from dataclasses import dataclass
 
 from sqlalchemy import or_, select
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from jobs.errors import InvalidRequestError, NotFoundError
 from jobs.models import ApiKey, utcnow
@@ -52,7 +52,7 @@ def create(session: Session, name: str, owner: str | None = None) -> NewKey:
 
 def list_keys(session: Session) -> list[ApiKey]:
     """Every key, revoked ones too, oldest first."""
-    return list(session.scalars(select(ApiKey).order_by(ApiKey.created_at)))  # type: ignore[arg-type]
+    return list(session.scalars(select(ApiKey).order_by(col(ApiKey.created_at))))
 
 
 def revoke(session: Session, name_or_id: str) -> list[ApiKey]:
@@ -61,8 +61,8 @@ def revoke(session: Session, name_or_id: str) -> list[ApiKey]:
     found = list(
         session.scalars(
             select(ApiKey).where(
-                or_(ApiKey.id == name_or_id, ApiKey.name == name_or_id),  # type: ignore[arg-type]
-                ApiKey.revoked_at.is_(None),  # type: ignore[union-attr]
+                or_(col(ApiKey.id) == name_or_id, col(ApiKey.name) == name_or_id),
+                col(ApiKey.revoked_at).is_(None),
             )
         )
     )
@@ -76,8 +76,8 @@ def revoke(session: Session, name_or_id: str) -> list[ApiKey]:
 
 def owner_of(session: Session, plain: str) -> str | None:
     """The owner of an active key, or None for an unknown or revoked one."""
-    stmt = select(ApiKey.owner).where(  # type: ignore[call-overload]
-        ApiKey.key_hash == digest(plain),  # type: ignore[arg-type]
-        ApiKey.revoked_at.is_(None),  # type: ignore[union-attr]
+    stmt = select(col(ApiKey.owner)).where(
+        col(ApiKey.key_hash) == digest(plain),
+        col(ApiKey.revoked_at).is_(None),
     )
     return session.scalars(stmt).first()

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from jobs.db import session_scope
 from jobs.models import Request, RequestStatus
@@ -22,20 +22,20 @@ ENDED = (RequestStatus.SUCCEEDED, *ENDED_WITH_ERROR)
 PENDING = (RequestStatus.QUEUED, RequestStatus.RUNNING)
 
 _COLUMNS = (
-    Request.line,
-    Request.id,
-    Request.custom_id,
-    Request.status,
-    Request.status_code,
-    Request.upstream_request_id,
-    Request.response_body,
-    Request.error_code,
-    Request.error_message,
-    Request.reused_from,
+    col(Request.line),
+    col(Request.id),
+    col(Request.custom_id),
+    col(Request.status),
+    col(Request.status_code),
+    col(Request.upstream_request_id),
+    col(Request.response_body),
+    col(Request.error_code),
+    col(Request.error_message),
+    col(Request.reused_from),
 )
 
 
-def _rows(  # type: ignore[no-untyped-def]
+def _rows(
     session: Session,
     batch_id: str,
     statuses: tuple[str, ...],
@@ -44,17 +44,17 @@ def _rows(  # type: ignore[no-untyped-def]
     limit: int | None = None,
 ):
     stmt = (
-        select(*_COLUMNS)  # type: ignore[call-overload]
+        select(*_COLUMNS)
         .where(
-            Request.batch_id == batch_id,  # type: ignore[arg-type]
-            Request.status.in_(statuses),  # type: ignore[attr-defined]
-            Request.line > after_line,  # type: ignore[arg-type]
+            col(Request.batch_id) == batch_id,
+            col(Request.status).in_(statuses),
+            col(Request.line) > after_line,
         )
-        .order_by(Request.line)  # type: ignore[arg-type]
+        .order_by(col(Request.line))
         .execution_options(yield_per=READ_CHUNK)
     )
     if through_line is not None:
-        stmt = stmt.where(Request.line <= through_line)  # type: ignore[arg-type]
+        stmt = stmt.where(col(Request.line) <= through_line)
     if limit is not None:
         stmt = stmt.limit(limit)
     return session.execute(stmt)
@@ -105,15 +105,13 @@ def finished_through(session: Session, batch_id: str) -> int:
     """
     first_pending = session.scalar(
         select(func.min(Request.line)).where(
-            Request.batch_id == batch_id,  # type: ignore[arg-type]
-            Request.status.in_(PENDING),  # type: ignore[attr-defined]
+            col(Request.batch_id) == batch_id,
+            col(Request.status).in_(PENDING),
         )
     )
     if first_pending is not None:
         return int(first_pending) - 1
-    last = session.scalar(
-        select(func.max(Request.line)).where(Request.batch_id == batch_id)  # type: ignore[arg-type]
-    )
+    last = session.scalar(select(func.max(Request.line)).where(col(Request.batch_id) == batch_id))
     return int(last or 0)
 
 

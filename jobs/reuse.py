@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from jobs.models import Batch, Request, RequestStatus
 
@@ -31,24 +31,24 @@ def answer_from_earlier(
     wanted = {row["body_sha256"] for row in rows}
     found = session.execute(
         select(
-            Request.id,
-            Request.reused_from,
-            Request.body_sha256,
-            Request.status_code,
-            Request.upstream_request_id,
-            Request.response_body,
+            col(Request.id),
+            col(Request.reused_from),
+            col(Request.body_sha256),
+            col(Request.status_code),
+            col(Request.upstream_request_id),
+            col(Request.response_body),
         )
-        .join(Batch, Batch.id == Request.batch_id)  # type: ignore[arg-type]
+        .join(Batch, col(Batch.id) == Request.batch_id)
         .where(
-            Request.body_sha256.in_(wanted),  # type: ignore[union-attr]
-            Request.status == RequestStatus.SUCCEEDED,  # type: ignore[arg-type]
-            Batch.owner == owner,  # type: ignore[arg-type]
+            col(Request.body_sha256).in_(wanted),
+            col(Request.status) == RequestStatus.SUCCEEDED,
+            col(Batch.owner) == owner,
         )
-        .order_by(Request.finished_at.desc())  # type: ignore[union-attr]
+        .order_by(col(Request.finished_at).desc())
     ).all()
     earlier: dict[str, Any] = {}
-    for hit in found:
-        earlier.setdefault(hit.body_sha256, hit)  # the latest answer wins
+    for answer in found:
+        earlier.setdefault(answer.body_sha256, answer)  # the latest answer wins
     reused = 0
     for row in rows:
         hit = earlier.get(row["body_sha256"])

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import insert, select, update
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from jobs import batches, queue, reuse, validate
 from jobs.constants import COMPLETION_WINDOWS_S
@@ -144,7 +144,7 @@ def _store(
         else:
             moved = session.execute(
                 update(Batch)
-                .where(Batch.id == batch.id, Batch.status == BatchStatus.VALIDATING)  # type: ignore[arg-type]
+                .where(col(Batch.id) == batch.id, col(Batch.status) == BatchStatus.VALIDATING)
                 .values(**values)
             ).rowcount  # type: ignore[attr-defined]
             if not moved:  # cancelled while its lines were checked: nothing to run
@@ -160,7 +160,7 @@ def _store(
         if reused:
             session.execute(
                 update(Batch)
-                .where(Batch.id == batch.id)  # type: ignore[arg-type]
+                .where(col(Batch.id) == batch.id)
                 .values(request_completed=Batch.request_completed + reused)
             )
             batches.finalize_if_done(session, batch.id)
@@ -176,17 +176,17 @@ def publish_batch(batch_id: str) -> None:
     memory stays flat whatever the batch's size, and each page is a short transaction."""
     after = 0
     with session_scope() as session:
-        priority = session.scalar(select(Batch.priority).where(Batch.id == batch_id))  # type: ignore[arg-type]
+        priority = session.scalar(select(col(Batch.priority)).where(col(Batch.id) == batch_id))
     while True:
         with session_scope() as session:
             page = session.execute(
-                select(Request.id, Request.line)
+                select(col(Request.id), col(Request.line))
                 .where(
-                    Request.batch_id == batch_id,  # type: ignore[arg-type]
-                    Request.line > after,  # type: ignore[operator]
-                    Request.status == RequestStatus.QUEUED,  # type: ignore[arg-type]
+                    col(Request.batch_id) == batch_id,
+                    col(Request.line) > after,
+                    col(Request.status) == RequestStatus.QUEUED,
                 )
-                .order_by(Request.line)  # type: ignore[arg-type]
+                .order_by(col(Request.line))
                 .limit(PUBLISH_PAGE)
             ).all()
         if not page:
@@ -200,7 +200,7 @@ def _fail(batch_id: str, errors: list[dict[str, Any]]) -> Batch:
     with session_scope() as session:
         moved = session.execute(
             update(Batch)
-            .where(Batch.id == batch_id, Batch.status == BatchStatus.VALIDATING)  # type: ignore[arg-type]
+            .where(col(Batch.id) == batch_id, col(Batch.status) == BatchStatus.VALIDATING)
             .values(status=BatchStatus.FAILED, failed_at=utcnow(), errors=errors)
         ).rowcount  # type: ignore[attr-defined]
         if moved:
@@ -237,9 +237,7 @@ def publish_safely(ids: list[str], priority: str = Priority.BULK) -> None:
         with session_scope() as session:
             for chunk in queue.chunked(ids, INSERT_CHUNK):
                 session.execute(
-                    update(Request)
-                    .where(Request.id.in_(chunk))  # type: ignore[attr-defined]
-                    .values(enqueued_at=None)
+                    update(Request).where(col(Request.id).in_(chunk)).values(enqueued_at=None)
                 )
 
 

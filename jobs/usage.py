@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
-from sqlmodel import Session
+from sqlalchemy import Label, func, select
+from sqlmodel import Session, col
 
 from jobs.models import Batch, Request
 
@@ -23,25 +23,25 @@ USAGE = (
 def summary(session: Session, by: str, since: datetime | None = None) -> list[dict[str, Any]]:
     """One row per group of finished requests, largest cost first."""
     groups = {
-        "model": Request.model,
+        "model": col(Request.model),
         "day": func.date(Request.finished_at),
-        "key": Batch.owner,
-        "batch": Request.batch_id,
+        "key": col(Batch.owner),
+        "batch": col(Request.batch_id),
     }
     if by not in groups:
         raise ValueError(f"--by must be one of {', '.join(groups)}")
-    key = groups[by].label(by)
+    key: Label[Any] = groups[by].label(by)
     sums = [func.coalesce(func.sum(getattr(Request, name)), 0).label(name) for name in USAGE]
     stmt = (
         select(key, func.count().label("requests"), *sums)
         .select_from(Request)
-        .join(Batch, Batch.id == Request.batch_id)  # type: ignore[arg-type]
-        .where(Request.finished_at.is_not(None))  # type: ignore[union-attr]
+        .join(Batch, col(Batch.id) == Request.batch_id)
+        .where(col(Request.finished_at).is_not(None))
         .group_by(key)
         .order_by(func.sum(Request.cost_usd).desc(), key)
     )
     if since is not None:
-        stmt = stmt.where(Request.finished_at >= since)  # type: ignore[operator]
+        stmt = stmt.where(col(Request.finished_at) >= since)
     return [
         {
             by: str(row[0]),

@@ -289,7 +289,7 @@ class Runtime:
             error_message=exc.message,
         )
 
-    async def _db(self, fn, *args):  # type: ignore[no-untyped-def]
+    async def _db(self, fn, *args):
         return await self.loop.run_in_executor(self.db, fn, *args)
 
     async def _renew_forever(self) -> None:

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, bindparam, func, or_, select, update
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from jobs import batches
 from jobs.db import session_scope
@@ -79,9 +79,9 @@ def claim(ids: list[str], lease_s: float) -> list[Claimed]:
     """queued -> running for those ids that are queued and due; the others are left alone."""
     now = utcnow()
     where: tuple[Any, ...] = (
-        Request.id.in_(ids),  # type: ignore[attr-defined]
-        Request.status == QUEUED,
-        or_(Request.not_before.is_(None), Request.not_before <= now),  # type: ignore[union-attr,operator,arg-type]
+        col(Request.id).in_(ids),
+        col(Request.status) == QUEUED,
+        or_(col(Request.not_before).is_(None), col(Request.not_before) <= now),
     )
     stmt = (
         update(Request)
@@ -92,7 +92,12 @@ def claim(ids: list[str], lease_s: float) -> list[Claimed]:
             lease_until=now + timedelta(seconds=lease_s),
         )
         .returning(
-            Request.id, Request.batch_id, Request.url, Request.model, Request.body, Request.attempts
+            col(Request.id),
+            col(Request.batch_id),
+            col(Request.url),
+            col(Request.model),
+            col(Request.body),
+            col(Request.attempts),
         )
     )
     with session_scope() as session:
@@ -104,16 +109,19 @@ def claim(ids: list[str], lease_s: float) -> list[Claimed]:
             bid: (priority, window_of(window, offset), cost is not None or tokens is not None)
             for bid, priority, window, offset, cost, tokens in session.execute(
                 select(
-                    Batch.id,
-                    Batch.priority,
-                    Batch.window,
-                    Batch.window_utc_offset_min,
-                    Batch.max_cost_usd,
-                    Batch.max_tokens,
-                ).where(Batch.id.in_({row[1] for row in rows}))  # type: ignore[attr-defined]
+                    col(Batch.id),
+                    col(Batch.priority),
+                    col(Batch.window),
+                    col(Batch.window_utc_offset_min),
+                    col(Batch.max_cost_usd),
+                    col(Batch.max_tokens),
+                ).where(col(Batch.id).in_({row[1] for row in rows}))
             )
         }
-        return [Claimed(*row, *rules[row[1]]) for row in rows]
+        return [
+            Claimed(rid, bid, url, model, body, attempt, *rules[bid])
+            for rid, bid, url, model, body, attempt in rows
+        ]
 
 
 def reserve(c: Claimed, cost_usd: float, tokens: int) -> str | None:
@@ -133,8 +141,13 @@ def reserve(c: Claimed, cost_usd: float, tokens: int) -> str | None:
         if not mine:
             return None  # no longer this attempt's: whatever it does next is refused anyway
         batch = session.execute(
-            select(Batch.max_cost_usd, Batch.max_tokens, Batch.cost_usd, Batch.total_tokens)
-            .where(Batch.id == c.batch_id)  # type: ignore[arg-type]
+            select(
+                col(Batch.max_cost_usd),
+                col(Batch.max_tokens),
+                col(Batch.cost_usd),
+                col(Batch.total_tokens),
+            )
+            .where(col(Batch.id) == c.batch_id)
             .with_for_update()
         ).one()
         held_cost, held_tokens = session.execute(
@@ -142,8 +155,8 @@ def reserve(c: Claimed, cost_usd: float, tokens: int) -> str | None:
                 func.coalesce(func.sum(Request.reserved_cost_usd), 0.0),
                 func.coalesce(func.sum(Request.reserved_tokens), 0),
             ).where(
-                Request.batch_id == c.batch_id,  # type: ignore[arg-type]
-                Request.status == RUNNING,  # type: ignore[arg-type]
+                col(Request.batch_id) == c.batch_id,
+                col(Request.status) == RUNNING,
             )
         ).one()
         why = None
@@ -169,7 +182,7 @@ def renew(held: dict[str, int], lease_s: float) -> None:
     if not held:
         return
     until = utcnow() + timedelta(seconds=lease_s)
-    where: tuple[Any, ...] = (Request.id.in_(list(held)), Request.status == RUNNING)  # type: ignore[attr-defined]
+    where: tuple[Any, ...] = (col(Request.id).in_(list(held)), col(Request.status) == RUNNING)
     with session_scope() as session:
         _lock_in_id_order(session, *where)
         session.execute(update(Request).where(*where).values(lease_until=until))
@@ -193,15 +206,15 @@ def _lock_in_id_order(session: Session, *where: Any) -> None:
     such write (and `record`, row by row) locks in the same order, so two of them cannot
     deadlock on PostgreSQL. SQLite locks the whole database and needs nothing."""
     if session.get_bind().dialect.name != "sqlite":
-        rows = select(Request.id).where(*where).order_by(Request.id)  # type: ignore[call-overload,arg-type]
+        rows = select(col(Request.id)).where(*where).order_by(col(Request.id))
         session.execute(rows.with_for_update())
 
 
 def _mine(rid: str, attempt: int) -> Any:
     return and_(
-        Request.id == rid,  # type: ignore[arg-type]
-        Request.status == RUNNING,  # type: ignore[arg-type]
-        Request.attempts == attempt,  # type: ignore[arg-type]
+        col(Request.id) == rid,
+        col(Request.status) == RUNNING,
+        col(Request.attempts) == attempt,
     )
 
 
@@ -217,9 +230,9 @@ def record(outcomes: list[Outcome]) -> None:
     totals: dict[str, dict[str, Any]] = defaultdict(lambda: defaultdict(int))
     with session_scope() as session:
         rows = session.execute(
-            select(Request.id, Request.status, Request.attempts)
-            .where(Request.id.in_(sorted(by_id)))  # type: ignore[attr-defined]
-            .order_by(Request.id)  # type: ignore[arg-type]
+            select(col(Request.id), col(Request.status), col(Request.attempts))
+            .where(col(Request.id).in_(sorted(by_id)))
+            .order_by(col(Request.id))
             .with_for_update()
         ).all()
         groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -250,9 +263,13 @@ def record(outcomes: list[Outcome]) -> None:
         for batch_id, t in sorted(totals.items()):
             counts = session.execute(
                 update(Batch)
-                .where(Batch.id == batch_id)  # type: ignore[arg-type]
+                .where(col(Batch.id) == batch_id)
                 .values({name: getattr(Batch, name) + amount for name, amount in t.items()})
-                .returning(Batch.request_completed, Batch.request_failed, Batch.request_total)
+                .returning(
+                    col(Batch.request_completed),
+                    col(Batch.request_failed),
+                    col(Batch.request_total),
+                )
             ).first()
             if counts and counts[0] + counts[1] >= counts[2]:
                 batches.finalize_if_done(session, batch_id)
@@ -322,20 +339,20 @@ def _values(o: Outcome, now: datetime, attempts: int) -> dict[str, Any]:
 def expired_leases(now: datetime, limit: int = 1000) -> list[tuple[str, str, int]]:
     """Running requests whose worker stopped renewing their lease (it died)."""
     stmt = (
-        select(Request.id, Request.batch_id, Request.attempts)
-        .where(Request.status == RUNNING, Request.lease_until < now)  # type: ignore[arg-type,operator]
+        select(col(Request.id), col(Request.batch_id), col(Request.attempts))
+        .where(col(Request.status) == RUNNING, col(Request.lease_until) < now)
         .limit(limit)
     )
     with session_scope() as session:
-        return [tuple(row) for row in session.execute(stmt)]  # type: ignore[misc]
+        return [tuple(row) for row in session.execute(stmt)]
 
 
 def requeue(ids: list[str], now: datetime) -> None:
     """Expired leases back to queued, without a message (the sweeper sends one)."""
     where: tuple[Any, ...] = (
-        Request.id.in_(ids),  # type: ignore[attr-defined]
-        Request.status == RUNNING,
-        Request.lease_until < now,  # type: ignore[operator]
+        col(Request.id).in_(ids),
+        col(Request.status) == RUNNING,
+        col(Request.lease_until) < now,
     )
     with session_scope() as session:
         _lock_in_id_order(session, *where)
@@ -352,18 +369,18 @@ def due_unsent(now: datetime, stale_before: datetime | None, limit: int) -> dict
     knows the broker's queue is empty (`stale_before` given), older than `stale_before`
     (Redis lost its messages).
     """
-    unsent: Any = Request.enqueued_at.is_(None)  # type: ignore[union-attr]
+    unsent: Any = col(Request.enqueued_at).is_(None)
     if stale_before is not None:
-        unsent = or_(unsent, Request.enqueued_at < stale_before)  # type: ignore[operator]
+        unsent = or_(unsent, col(Request.enqueued_at) < stale_before)
     where = (
-        Request.status == QUEUED,  # type: ignore[arg-type]
-        or_(Request.not_before.is_(None), Request.not_before <= now),  # type: ignore[union-attr,operator]
+        col(Request.status) == QUEUED,
+        or_(col(Request.not_before).is_(None), col(Request.not_before) <= now),
         unsent,
     )
     with session_scope() as session:
         found = session.execute(
-            select(Request.id, Batch.priority)
-            .join(Batch, Batch.id == Request.batch_id)  # type: ignore[arg-type]
+            select(col(Request.id), col(Batch.priority))
+            .join(Batch, col(Batch.id) == Request.batch_id)
             .where(*where)
             .limit(limit)
         ).all()
@@ -372,7 +389,7 @@ def due_unsent(now: datetime, stale_before: datetime | None, limit: int) -> dict
             by_priority[priority].append(rid)
         if found:
             ids = [rid for rid, _ in found]
-            chosen: tuple[Any, ...] = (Request.id.in_(ids), *where)  # type: ignore[attr-defined]
+            chosen: tuple[Any, ...] = (col(Request.id).in_(ids), *where)
             _lock_in_id_order(session, *chosen)
             session.execute(update(Request).where(*chosen).values(enqueued_at=now))
         return dict(by_priority)

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
-from sqlmodel import Session
+from sqlmodel import Session, col
 from starlette.concurrency import run_in_threadpool
 
 from jobs import batches, submit
@@ -154,7 +154,7 @@ def to_job(batch: Batch, req: Request) -> dict[str, Any]:
 
 def _load(session: Session, job_id: str, owner: str) -> dict[str, Any]:
     batch = batches.get_batch(session, job_id, owner, BatchKind.JOB)
-    req = session.scalars(select(Request).where(Request.batch_id == batch.id)).one()  # type: ignore[arg-type]
+    req = session.scalars(select(Request).where(col(Request.batch_id) == batch.id)).one()
     return to_job(batch, req)
 
 

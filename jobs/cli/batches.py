@@ -91,7 +91,7 @@ def run(
         raise typer.Exit(1)
 
 
-def _run_deployment(settings, workers, fresh, source, name, scan, plan):  # type: ignore[no-untyped-def]
+def _run_deployment(settings, workers, fresh, source, name, scan, plan):
     """Start what the batch needs, resume or submit it, follow it to its end."""
     from jobs import batches, progress, submit
     from jobs.db import session_scope
@@ -205,7 +205,7 @@ def status(
     out.print(table)
 
 
-def _policy_line(batch) -> str:  # type: ignore[no-untyped-def]
+def _policy_line(batch) -> str:
     """How the batch runs, when it was given more than the defaults."""
     parts = [f"priority {batch.priority}"]
     if batch.window:

@@ -66,7 +66,7 @@ def request_source(
     records: Path | None,
     model: str | None,
     endpoint: str | None,
-):  # type: ignore[no-untyped-def]
+):
     """The request lines, from a JSONL file or built from a template; and their name."""
     from jobs import submit, templates
 
@@ -85,11 +85,12 @@ def request_source(
         found = templates.expand_globs(files, cwd)
         lines = templates.file_lines(tmpl, found, cwd=cwd, model=model, endpoint=url)
     else:
+        assert records is not None  # checked above: exactly one of files and records
         lines = templates.record_lines(tmpl, existing_file(records), model=model, endpoint=url)
     return (lambda: lines), str(template)
 
 
-def policy(  # type: ignore[no-untyped-def]
+def policy(
     not_before: str | None,
     window: str | None,
     priority: str,
@@ -124,7 +125,7 @@ def policy(  # type: ignore[no-untyped-def]
     )
 
 
-def describe(policy) -> list[str]:  # type: ignore[no-untyped-def]
+def describe(policy) -> list[str]:
     """What a policy will do, said once at submission."""
     said = []
     if policy.not_before is not None:

@@ -323,7 +323,11 @@ async def serve(config: SimConfig) -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        watch_parent(lambda: loop.call_soon_threadsafe(stop.set))
+
+        def stop_soon() -> None:  # from the lifeline's thread
+            loop.call_soon_threadsafe(stop.set)
+
+        watch_parent(stop_soon)
         print(listening_line(config.host, sock.getsockname()[1]), flush=True)
         await stop.wait()
     finally:
