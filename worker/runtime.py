@@ -32,7 +32,7 @@ from worker.estimate import estimate_split
 from worker.limits import Limits, ModelLimits
 from worker.retry import RetryPolicy, backoff_s, next_delay_s
 from worker.store import Claimed, Outcome
-from worker.telemetry import record_call
+from worker.telemetry import CallCounter
 from worker.upstream import UpstreamClient
 from worker.usage import PriceTable, Usage
 from worker.writer import GroupWriter
@@ -52,6 +52,7 @@ INLINE_RETRY_MAX_S = 5.0
 # Answers that say the upstream is overloaded (with timeouts and dropped connections).
 OVERLOAD_STATUSES = frozenset({429, 503, 504, 529})
 DB_THREADS = 4
+TELEMETRY_FLUSH_S = 1.0
 REDIS_CONNECTIONS = 32
 
 
@@ -69,7 +70,7 @@ class Runtime:
         self.db = ThreadPoolExecutor(DB_THREADS, thread_name_prefix="promptq-db")
         self.loop = asyncio.new_event_loop()
         self.held: dict[str, int] = {}  # request id -> attempt, for lease renewal
-        self._background: set[asyncio.Task[None]] = set()  # telemetry writes in progress
+        self.calls = CallCounter()  # for /metrics, flushed to Redis once a second
         self.draining = False
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run_loop, name="promptq-loop", daemon=True)
@@ -112,6 +113,7 @@ class Runtime:
         )
         self.writer: GroupWriter[Outcome] = GroupWriter(store.record, self.db)
         self._heartbeat = asyncio.create_task(self._renew_forever())
+        self._flusher = asyncio.create_task(self._flush_forever())
 
     # -- called from Celery's threads -------------------------------------------------
 
@@ -256,13 +258,9 @@ class Runtime:
         )
 
     def _telemetry(self, model: str, sent_at: float, outcome: str) -> None:
-        """Count the call for `/metrics`, off the call's path (one Redis round trip later)."""
+        """Count the call for `/metrics` (in memory; `_flush_forever` sends the counts)."""
         latency_s = time.perf_counter() - sent_at
-        task = self.loop.create_task(
-            record_call(self.redis, self.settings.upstream_scope, model, latency_s, outcome)
-        )
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self.calls.observe(self.settings.upstream_scope, model, latency_s, outcome)
 
     def _retry_later(self, c: Claimed, message: str) -> Outcome:
         delay_s = backoff_s(c.attempt, self.policy)
@@ -302,8 +300,15 @@ class Runtime:
             except Exception as exc:  # noqa: BLE001 - keep renewing; leases absorb a gap
                 log.warning("lease renewal failed: %s", exc)
 
+    async def _flush_forever(self) -> None:
+        while True:
+            await asyncio.sleep(TELEMETRY_FLUSH_S)
+            await self.calls.flush(self.redis)  # never raises; keeps counts it could not send
+
     async def _close(self) -> None:
         self._heartbeat.cancel()
+        self._flusher.cancel()
+        await self.calls.flush(self.redis)
         held = dict(self.held)
         for task in asyncio.all_tasks(self.loop):
             if task is not asyncio.current_task():

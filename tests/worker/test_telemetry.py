@@ -18,7 +18,7 @@ from jobs.constants import (
     METRICS_RATE_LIMITED_KEY,
 )
 from tests.services import free_tcp_port
-from worker.telemetry import bucket_bound, record_call
+from worker.telemetry import CallCounter, bucket_bound, label_field, record_call
 
 UPSTREAM = "api.cometapi.com:443"
 MODEL = "o1-mini-2024-09-12"
@@ -94,3 +94,29 @@ def test_an_unreachable_redis_costs_a_warning_and_nothing_else(
 
     assert time.monotonic() - started < 10
     assert len([r for r in caplog.records if "could not record" in r.getMessage()]) == 2
+
+
+def test_counts_kept_in_memory_reach_redis_in_one_flush_and_survive_a_failed_one(
+    redis_url: str,
+) -> None:
+    async def body() -> None:
+        counter = CallCounter()
+        for latency_s, outcome in ((0.2, "ok"), (0.3, "ok"), (None, "rate_limited")):
+            counter.observe(UPSTREAM, MODEL, latency_s, outcome)
+        down = Redis.from_url(f"redis://127.0.0.1:{free_tcp_port()}/0")  # nothing listens
+        try:
+            await counter.flush(down)
+        finally:
+            await down.aclose()
+        assert counter  # kept for the next flush
+        redis = Redis.from_url(redis_url)
+        try:
+            await counter.flush(redis)
+            assert not counter
+            calls = await redis.hgetall(METRICS_CALLS_KEY)
+            assert calls[label_field(UPSTREAM, MODEL, "ok").encode()] == b"2"
+            assert calls[label_field(UPSTREAM, MODEL, "rate_limited").encode()] == b"1"
+        finally:
+            await redis.aclose()
+
+    asyncio.run(body())
