@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 
 # Messages taken at once (one request each): more than an interactive burst needs.
 PREFETCH = 32
-POLL_S = 0.05
+# How often finished messages are acked: a message is taken as soon as it arrives anyway.
+POLL_S = 0.2
 RECONNECT_S = 1.0
 
 

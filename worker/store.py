@@ -105,23 +105,40 @@ def claim(ids: list[str], lease_s: float) -> list[Claimed]:
         rows = session.execute(stmt).all()
         if not rows:
             return []
-        rules = {
-            bid: (priority, window_of(window, offset), cost is not None or tokens is not None)
-            for bid, priority, window, offset, cost, tokens in session.execute(
-                select(
-                    col(Batch.id),
-                    col(Batch.priority),
-                    col(Batch.window),
-                    col(Batch.window_utc_offset_min),
-                    col(Batch.max_cost_usd),
-                    col(Batch.max_tokens),
-                ).where(col(Batch.id).in_({row[1] for row in rows}))
-            )
-        }
+        rules = _batch_rules(session, {row[1] for row in rows})
         return [
             Claimed(rid, bid, url, model, body, attempt, *rules[bid])
             for rid, bid, url, model, body, attempt in rows
         ]
+
+
+# A batch's rules (priority, window, budgeted) never change once it exists: each process
+# reads them once per batch, not once per claim.
+_RULES: dict[str, tuple[str, Window | None, bool]] = {}
+RULES_CACHED_BATCHES = 10_000
+
+
+def _batch_rules(
+    session: Session, batch_ids: set[str]
+) -> dict[str, tuple[str, Window | None, bool]]:
+    missing = batch_ids - _RULES.keys()
+    if missing:
+        if len(_RULES) > RULES_CACHED_BATCHES:
+            _RULES.clear()
+        found = session.execute(
+            select(
+                col(Batch.id),
+                col(Batch.priority),
+                col(Batch.window),
+                col(Batch.window_utc_offset_min),
+                col(Batch.max_cost_usd),
+                col(Batch.max_tokens),
+            ).where(col(Batch.id).in_(missing))
+        )
+        for bid, priority, window, offset, cost, tokens in found:
+            budgeted = cost is not None or tokens is not None
+            _RULES[bid] = (priority, window_of(window, offset), budgeted)
+    return {bid: _RULES[bid] for bid in batch_ids}
 
 
 def reserve(c: Claimed, cost_usd: float, tokens: int) -> str | None:
