@@ -189,14 +189,6 @@ class Runtime:
         now = utcnow()
         if c.window is not None and not c.window.is_open(now):
             return Outcome(c, "deferred", not_before=c.window.next_open(now))
-        if c.budgeted:
-            guess = Usage(
-                input_tokens=prompt_tokens, output_tokens=answer_tokens, total_tokens=estimate
-            )
-            why = await self._db(store.reserve, c, self.prices.cost_usd(c.model, guess), estimate)
-            if why is not None:
-                log.info("request %s not sent: %s", c.id, why, extra=_ids(c))
-                return Outcome(c, "failed", error_code="budget_exceeded", error_message=why)
         try:
             async with self.limits.admit(c.model, estimate, c.priority) as admission:
                 if self.draining:  # shutting down: only calls already sent may finish
@@ -206,6 +198,20 @@ class Runtime:
                 if c.window is not None and not c.window.is_open(now):  # shut while it waited
                     await admission.failed()
                     return Outcome(c, "deferred", not_before=c.window.next_open(now))
+                if c.budgeted:
+                    # set aside while holding a slot: what is set aside is at most the cap's
+                    # worth of calls, the ones about to be in flight
+                    guess = Usage(
+                        input_tokens=prompt_tokens,
+                        output_tokens=answer_tokens,
+                        total_tokens=estimate,
+                    )
+                    cost_usd = self.prices.cost_usd(c.model, guess)
+                    why = await self._db(store.reserve, c, cost_usd, estimate)
+                    if why is not None:
+                        await admission.failed()
+                        log.info("request %s not sent: %s", c.id, why, extra=_ids(c))
+                        return Outcome(c, "failed", error_code="budget_exceeded", error_message=why)
                 sent_at = time.perf_counter()
                 try:
                     answer = await self.client.call(c.url, body)
