@@ -98,3 +98,41 @@ def test_metrics_after_a_batch_agree_with_the_stored_usage_and_the_calls_made(
     assert usage.returncode == 0, usage.stderr
     (row,) = json.loads(usage.stdout)
     assert abs(row["cost_usd"] - cost) < 1e-9
+
+
+def test_workers_send_the_task_events_flower_reads(
+    tmp_path: Path, simulator: Any, redis_url: str, monkeypatch: Any
+) -> None:
+    import threading
+
+    from jobs.queue import get_celery
+    from tests.deploy import Workers, apply_env
+    from tests.test_pipeline import write_batch
+
+    env = deployment_env(tmp_path, simulator, redis_url)
+    apply_env(monkeypatch, env)
+    app = get_celery()
+    seen: list[dict[str, Any]] = []
+    with app.connection_for_read() as conn:
+        # what Flower does: a receiver on the events exchange, catching every event type
+        receiver = app.events.Receiver(conn, handlers={"*": seen.append})
+        listening = threading.Thread(
+            target=lambda: receiver.capture(limit=None, timeout=None, wakeup=False), daemon=True
+        )
+        listening.start()
+        write_batch(tmp_path / "in.jsonl", 20)
+        workers = Workers(env, tmp_path / "logs").start(1)
+        try:
+            done = promptq("submit", str(tmp_path / "in.jsonl"), "--wait", env=env)
+            assert done.returncode == 0, done.stderr
+
+            def finished_tasks() -> int:
+                return sum(e["type"] == "task-succeeded" for e in list(seen))
+
+            wait_for(lambda: finished_tasks() >= 2, 30, "task-succeeded events (20 ids, 16 a task)")
+        finally:
+            receiver.should_stop = True
+            workers.stop()
+    types = {e["type"] for e in seen}
+    assert {"task-sent", "task-received", "task-started", "task-succeeded"} <= types
+    assert {e.get("name") for e in seen if e["type"] == "task-received"} == {"promptq.execute"}
