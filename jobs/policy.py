@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from jobs.errors import InvalidRequestError
@@ -42,6 +42,14 @@ class Policy:
         if self.window is not None:
             at = self.window.next_open(at)
         return at if at > now else None
+
+    def expires_at(self, now: datetime, completion_window_s: float) -> datetime:
+        """The end of the completion window: it starts when work may; with a daily window it
+        counts only the time the window is open (a 24h job in a 5-hour night runs 5 nights)."""
+        start = self.start_at(now) or now
+        if self.window is None:
+            return start + timedelta(seconds=completion_window_s)
+        return self.window.after_open_time(start, completion_window_s)
 
     def columns(self) -> dict[str, Any]:
         """The Batch columns that keep this policy."""

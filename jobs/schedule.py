@@ -86,6 +86,26 @@ class Window:
             opens += timedelta(days=1)
         return opens.astimezone(UTC)
 
+    def after_open_time(self, start: datetime, open_s: float) -> datetime:
+        """When `open_s` seconds of this window have passed, counting from `start`."""
+        at, left_s = self.next_open(start), open_s
+        while True:
+            closes = self._closes_after(at)
+            if (closes - at).total_seconds() >= left_s:
+                return at + timedelta(seconds=left_s)
+            left_s -= (closes - at).total_seconds()
+            at = self.next_open(closes)
+
+    def _closes_after(self, at: datetime) -> datetime:
+        """The end of the opening that holds `at` (the window is open at `at`)."""
+        local, _ = self._minute_of_day(at)
+        closes = local.replace(
+            hour=self.end_min // 60, minute=self.end_min % 60, second=0, microsecond=0
+        )
+        if closes <= local:
+            closes += timedelta(days=1)
+        return closes.astimezone(UTC)
+
 
 def _clock(minutes: int) -> str:
     return f"{minutes // 60:02d}:{minutes % 60:02d}"

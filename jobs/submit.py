@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable
-from datetime import datetime, timedelta
+from datetime import datetime
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -95,7 +95,7 @@ def create_batch(
         batch_metadata=metadata,
         created_at=now,
         # the completion window runs from when the batch may start
-        expires_at=(start or now) + timedelta(seconds=COMPLETION_WINDOWS_S[completion_window]),
+        expires_at=policy.expires_at(now, COMPLETION_WINDOWS_S[completion_window]),
     )
     if not record_faults:
         scan = scan or validate.check(source(), name=name, endpoint=endpoint)

@@ -70,3 +70,22 @@ def test_a_window_is_read_on_the_submitters_clock() -> None:
 def test_a_bad_window_is_refused_by_name(text: str) -> None:
     with pytest.raises(InputError, match="--window"):
         Window.parse(text, UTC_WINDOW)
+
+
+def test_open_time_counts_only_the_hours_the_window_is_open() -> None:
+    night = Window.parse("01:00-06:00", UTC_WINDOW)  # five hours a night
+    start = datetime(2026, 11, 27, 1, 0, tzinfo=UTC)
+    assert night.after_open_time(start, 3 * 3600) == start.replace(hour=4)
+    # 24 open hours: four whole nights and four hours of the fifth
+    assert night.after_open_time(start, 24 * 3600) == datetime(2026, 12, 1, 5, 0, tzinfo=UTC)
+    # counted from a time it is shut: from the next opening
+    assert night.after_open_time(start.replace(hour=12), 3600) == datetime(
+        2026, 11, 28, 2, 0, tzinfo=UTC
+    )
+
+
+def test_open_time_runs_across_midnight_in_a_wrapping_window() -> None:
+    late = Window.parse("22:00-02:00", UTC_WINDOW)
+    start = datetime(2026, 11, 27, 23, 0, tzinfo=UTC)
+    assert late.after_open_time(start, 2 * 3600) == datetime(2026, 11, 28, 1, 0, tzinfo=UTC)
+    assert late.after_open_time(start, 4 * 3600) == datetime(2026, 11, 28, 23, 0, tzinfo=UTC)

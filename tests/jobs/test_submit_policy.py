@@ -1,4 +1,4 @@
-"""`--reuse` at submission: identical requests answered from an owner's earlier successes."""
+"""Submission under a policy: `--reuse` answers repeats of earlier successes; a window waits."""
 
 from __future__ import annotations
 
@@ -123,4 +123,5 @@ def test_a_window_that_is_shut_now_holds_the_batch_until_it_opens(db: str) -> No
     with session_scope() as session:
         stored = session.get(Batch, batch.id)
         assert stored is not None and stored.window == str(window)
-        assert stored.expires_at == opens + timedelta(hours=24)  # the window counts from then
+        # the completion window counts open time only: 24 hours of a one-hour window
+        assert stored.expires_at == opens + timedelta(days=23, hours=1)
