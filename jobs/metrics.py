@@ -268,3 +268,21 @@ class FleetCollector:
             gauge = GaugeMetricFamily(name, doc, labels=["upstream"])
             gauge.add_metric(upstream, float(view[key]))
             yield gauge
+        # a model with a cap of its own (PROMPTQ_MODEL_LIMITS) is limited apart, inside these
+        for name, key, doc in (
+            (
+                "promptq_model_in_flight",
+                "in_flight",
+                "Calls in flight to a model with its own cap.",
+            ),
+            (
+                "promptq_model_effective_concurrency",
+                "effective_concurrency",
+                "The adaptive limit in force for a model with its own cap.",
+            ),
+            ("promptq_model_max_concurrency", "max_concurrency", "A model's own concurrency cap."),
+        ):
+            gauge = GaugeMetricFamily(name, doc, labels=["upstream", "model"])
+            for model in view.get("models", []):
+                gauge.add_metric([*upstream, model["model"]], float(model[key]))
+            yield gauge

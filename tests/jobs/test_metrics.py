@@ -4,6 +4,7 @@ call telemetry in Redis, and the fleet's limits, as Prometheus parses them."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -103,7 +104,11 @@ def record_calls(redis_url: str, calls: list[tuple[str, float | None, str]]) -> 
 
 def start_api(tmp_path: Path, redis_url: str) -> ApiServer:
     """`promptq api` alone (no workers) on the test's database (set by the `db` fixture)."""
-    env = {"PROMPTQ_REDIS_URL": redis_url, "PROMPTQ_MAX_CONCURRENCY": "7"}
+    env = {
+        "PROMPTQ_REDIS_URL": redis_url,
+        "PROMPTQ_MAX_CONCURRENCY": "7",
+        "PROMPTQ_MODEL_LIMITS": json.dumps({MODEL: {"max_concurrency": 3}}),
+    }
     return ApiServer(env, tmp_path / "logs").start(workers=0)
 
 
@@ -195,6 +200,23 @@ def test_metrics_show_the_fleets_shared_limits_per_upstream(api: ApiServer, redi
     assert value(samples, "promptq_effective_concurrency", upstream=UPSTREAM) == 3.5
     assert value(samples, "promptq_max_concurrency", upstream=UPSTREAM) == 7
     assert 20 < value(samples, "promptq_paused_seconds", upstream=UPSTREAM) <= 30
+
+
+def test_metrics_show_a_model_with_a_cap_of_its_own_apart(api: ApiServer, redis_url: str) -> None:
+    now_ms = int(time.time() * 1000)
+    scope = f"{UPSTREAM}|{MODEL}"
+    with SyncRedis.from_url(redis_url) as client:
+        client.zadd(CONCURRENCY_KEY + scope, {"a": now_ms + 60_000, "old": now_ms - 1})
+        client.set(ADAPTIVE_KEY + scope, "2.2")
+
+    samples = parse(httpx.get(api.root_url + "/metrics", timeout=30).text)
+
+    labels = {"upstream": UPSTREAM, "model": MODEL}
+    assert value(samples, "promptq_model_in_flight", **labels) == 1  # the expired lease is not
+    assert value(samples, "promptq_model_effective_concurrency", **labels) == 2.2
+    assert value(samples, "promptq_model_max_concurrency", **labels) == 3
+    capped = {dict(labels)["model"] for name, labels in samples if name.startswith("promptq_model")}
+    assert capped == {MODEL}  # a model without a cap of its own shares the upstream's
 
 
 def test_with_redis_down_the_database_metrics_are_still_served(db: str, tmp_path: Path) -> None:
