@@ -323,4 +323,12 @@ def to_openai(batch: Batch) -> dict[str, Any]:
             "total_tokens": batch.total_tokens,
         },
         "cost_usd": round(batch.cost_usd, 9),
+        # promptq's extensions: how the batch runs (README, "How a batch runs")
+        "priority": batch.priority,
+        "window": batch.window,
+        "window_utc_offset_min": batch.window_utc_offset_min,  # the clock the window is on
+        "max_cost_usd": batch.max_cost_usd,
+        "max_tokens": batch.max_tokens,
+        "webhook_url": batch.webhook_url,
+        "reuse": batch.reuse,
     }

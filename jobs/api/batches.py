@@ -150,6 +150,17 @@ class BatchObject(BaseModel):
     metadata: dict[str, str] | None
     usage: BatchUsage
     cost_usd: float = Field(description="promptq's extension: what the requests cost, in USD")
+    priority: Priority = Field(default=Priority.BULK, description="promptq: the batch's priority")
+    window: str | None = Field(
+        default=None, description="promptq: the daily window requests are sent in, if any"
+    )
+    window_utc_offset_min: int | None = Field(
+        default=None, description="promptq: the UTC offset (minutes) the window is read on"
+    )
+    max_cost_usd: float | None = Field(default=None, description="promptq: the cost budget")
+    max_tokens: int | None = Field(default=None, description="promptq: the token budget")
+    webhook_url: str | None = Field(default=None, description="promptq: notified at the end")
+    reuse: bool = Field(default=False, description="promptq: earlier answers were reused")
 
 
 class BatchList(BaseModel):

@@ -176,6 +176,12 @@ def test_promptqs_batch_options_ride_in_extra_body_and_a_bad_one_is_refused_by_n
         completion_window="24h",
         extra_body={"max_cost_usd": 0.000001, "priority": "interactive"},
     )
+    shown = created.to_dict()
+    assert (shown["max_cost_usd"], shown["priority"], shown["reuse"]) == (
+        1e-06,
+        "interactive",
+        False,
+    )
     batch = wait_ended(api_server, client, created.id)
     assert batch.status == "completed"
     assert batch.request_counts is not None and batch.request_counts.failed == 6
