@@ -152,8 +152,11 @@ class Deployment:
         self.workers.stop()
         self.engine.dispose()
 
-    def submit(self, count: int, directive: Callable[[int], str] | None = None) -> str:
-        """Queue `count` distinct prompts; `directive(i)` appends `#sim:` text to prompt i."""
+    def submit(
+        self, count: int, directive: Callable[[int], str] | None = None, *options: str
+    ) -> str:
+        """Queue `count` distinct prompts; `directive(i)` appends `#sim:` text to prompt i;
+        `options` go to `promptq submit` (e.g. `--priority interactive`)."""
         path = self.tmp_path / "in.jsonl"
         with path.open("w") as f:
             for i in range(count):
@@ -165,7 +168,7 @@ class Deployment:
                 body = {"model": MODEL, "input": prompt}
                 line = {"custom_id": custom_id, "method": "POST", "url": "/v1/responses"}
                 f.write(json.dumps({**line, "body": body}) + "\n")
-        submitted = promptq("submit", str(path), env=self.env)
+        submitted = promptq("submit", str(path), *options, env=self.env)
         assert submitted.returncode == 0, submitted.stderr
         self.batch_id = submitted.stdout.strip().splitlines()[-1]
         return self.batch_id
@@ -440,6 +443,23 @@ def test_a_worker_and_redis_killed_mid_batch_lose_nothing_and_repeat_only_calls_
     caught = values["worker_kill"]["calls_caught"] + values["redis_kill"]["calls_caught"]
     assert values["worker_kill"]["calls_caught"] and values["redis_kill"]["calls_caught"]
     assert values["repeated_calls"] <= caught
+    no_unexplained_repeats(values)
+
+
+def test_interactive_work_taken_by_its_own_consumer_survives_a_redis_kill(
+    deployment: Deployment, redis_server: RedisServer
+) -> None:
+    d = deployment
+    d.workers.start(2)
+    d.submit(600, None, "--priority", "interactive")  # a message per request, own consumer
+    d.wait_until_ended(150, 40)
+    d.strike("redis_kill", redis_server.kill)
+    time.sleep(1.0)
+    redis_server.start()
+    d.wait_until_completed(60)
+    d.check_exactly_once()
+    values = d.figures("interactive_redis_kill", lost=0, duplicate_results=0)
+    assert values["repeated_calls"] <= values["redis_kill"]["calls_caught"]
     no_unexplained_repeats(values)
 
 
