@@ -327,6 +327,7 @@ def to_openai(batch: Batch) -> dict[str, Any]:
         "priority": batch.priority,
         "window": batch.window,
         "window_utc_offset_min": batch.window_utc_offset_min,  # the clock the window is on
+        "window_tz": batch.window_tz,  # and its zone, when known (daylight saving followed)
         "max_cost_usd": batch.max_cost_usd,
         "max_tokens": batch.max_tokens,
         "webhook_url": batch.webhook_url,

@@ -157,6 +157,7 @@ class Batch(UsageColumns, table=True):
     )
     window: str | None = Field(default=None, max_length=16)  # "HH:MM-HH:MM"
     window_utc_offset_min: int | None = None  # the submitter's offset: the window's clock
+    window_tz: str | None = Field(default=None, max_length=64)  # its zone, when known
     max_cost_usd: float | None = None
     max_tokens: int | None = Field(default=None, sa_type=sa.BigInteger)
     webhook_url: str | None = Field(default=None, max_length=2048)

@@ -57,6 +57,7 @@ class Policy:
             "priority": self.priority,
             "window": str(self.window) if self.window else None,
             "window_utc_offset_min": self.window.utc_offset_min if self.window else None,
+            "window_tz": self.window.tz_name if self.window else None,
             "max_cost_usd": self.max_cost_usd,
             "max_tokens": self.max_tokens,
             "webhook_url": self.webhook_url,
@@ -64,6 +65,8 @@ class Policy:
         }
 
 
-def window_of(text: str | None, utc_offset_min: int | None) -> Window | None:
+def window_of(
+    text: str | None, utc_offset_min: int | None, tz_name: str | None = None
+) -> Window | None:
     """A batch's stored window back as a Window (None when it has none)."""
-    return Window.parse(text, utc_offset_min) if text else None
+    return Window.parse(text, utc_offset_min or 0, tz_name) if text else None

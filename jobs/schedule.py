@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from jobs.errors import InputError, LineFault
 
@@ -32,17 +35,43 @@ def parse_time(text: str, now: datetime | None = None) -> datetime:
     return parsed.astimezone(UTC)
 
 
+def local_zone_name() -> str | None:
+    """This machine's time zone as an IANA key (TZ, or what /etc/localtime links to), so a
+    window follows daylight saving; None when it cannot be told (a fixed offset is used)."""
+    candidates = [os.environ.get("TZ", "").lstrip(":")]
+    with contextlib.suppress(OSError):
+        target = os.path.realpath("/etc/localtime")
+        if "zoneinfo/" in target:
+            candidates.append(target.split("zoneinfo/", 1)[1])
+    for name in candidates:
+        if name:
+            with contextlib.suppress(ZoneInfoNotFoundError, ValueError):
+                ZoneInfo(name)
+                return name
+    return None
+
+
 @dataclass(frozen=True)
 class Window:
-    """A daily window (`--window HH:MM-HH:MM`) on a fixed UTC offset: the submitter's clock
-    when the batch was submitted. It may wrap midnight (22:00-06:00)."""
+    """A daily window (`--window HH:MM-HH:MM`) on the submitter's clock: its time zone when
+    known (daylight saving followed), else its UTC offset at submission. It may wrap
+    midnight (22:00-06:00)."""
 
     start_min: int  # minutes after local midnight
     end_min: int
     utc_offset_min: int
+    tz_name: str | None = None  # an IANA key; wins over the offset
+
+    @property
+    def tz(self) -> tzinfo:
+        if self.tz_name:
+            return ZoneInfo(self.tz_name)
+        return timezone(timedelta(minutes=self.utc_offset_min))
 
     @classmethod
-    def parse(cls, text: str, utc_offset_min: int | None = None) -> Window:
+    def parse(
+        cls, text: str, utc_offset_min: int | None = None, tz_name: str | None = None
+    ) -> Window:
         start, sep, end = text.strip().partition("-")
         first, last = CLOCK.match(start.strip()), CLOCK.match(end.strip())
         if not sep or not first or not last:
@@ -56,16 +85,17 @@ class Window:
                 "--window",
                 [LineFault(0, "invalid_window", f"{text!r} is empty: it starts when it ends")],
             )
-        if utc_offset_min is None:
+        if utc_offset_min is None:  # the submitter's clock
             offset = datetime.now(UTC).astimezone().utcoffset() or timedelta(0)
             utc_offset_min = int(offset.total_seconds() // 60)
-        return cls(start_min, end_min, utc_offset_min)
+            tz_name = tz_name or local_zone_name()
+        return cls(start_min, end_min, utc_offset_min, tz_name)
 
     def __str__(self) -> str:
         return f"{_clock(self.start_min)}-{_clock(self.end_min)}"
 
     def _minute_of_day(self, at: datetime) -> tuple[datetime, float]:
-        local = at.astimezone(timezone(timedelta(minutes=self.utc_offset_min)))
+        local = at.astimezone(self.tz)
         return local, local.hour * 60 + local.minute + local.second / 60
 
     def is_open(self, at: datetime) -> bool:

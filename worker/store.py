@@ -131,13 +131,14 @@ def _batch_rules(
                 col(Batch.priority),
                 col(Batch.window),
                 col(Batch.window_utc_offset_min),
+                col(Batch.window_tz),
                 col(Batch.max_cost_usd),
                 col(Batch.max_tokens),
             ).where(col(Batch.id).in_(missing))
         )
-        for bid, priority, window, offset, cost, tokens in found:
+        for bid, priority, window, offset, tz_name, cost, tokens in found:
             budgeted = cost is not None or tokens is not None
-            _RULES[bid] = (priority, window_of(window, offset), budgeted)
+            _RULES[bid] = (priority, window_of(window, offset, tz_name), budgeted)
     return {bid: _RULES[bid] for bid in batch_ids}
 
 

@@ -70,7 +70,7 @@ class BatchCreate(BaseModel):
             webhooks.require_secret(get_settings())
             webhook = webhooks.check_url(self.webhook_url)
         try:
-            window = Window.parse(self.window, 0) if self.window else None
+            window = Window.parse(self.window, 0, "UTC") if self.window else None
         except InputError as exc:
             raise InvalidRequestError(str(exc.faults[0].message), param="window") from exc
         return Policy(
@@ -156,6 +156,9 @@ class BatchObject(BaseModel):
     )
     window_utc_offset_min: int | None = Field(
         default=None, description="promptq: the UTC offset (minutes) the window is read on"
+    )
+    window_tz: str | None = Field(
+        default=None, description="promptq: the window's time zone (IANA), when known"
     )
     max_cost_usd: float | None = Field(default=None, description="promptq: the cost budget")
     max_tokens: int | None = Field(default=None, description="promptq: the token budget")

@@ -209,7 +209,8 @@ def _policy_line(batch) -> str:
     """How the batch runs, when it was given more than the defaults."""
     parts = [f"priority {batch.priority}"]
     if batch.window:
-        parts.append(f"window {batch.window} (UTC{batch.window_utc_offset_min or 0:+d} min)")
+        clock = batch.window_tz or f"UTC{batch.window_utc_offset_min or 0:+d} min"
+        parts.append(f"window {batch.window} ({clock})")
     if batch.max_cost_usd is not None:
         parts.append(f"budget ${batch.max_cost_usd:g}")
     if batch.max_tokens is not None:

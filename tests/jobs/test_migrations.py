@@ -50,6 +50,7 @@ EXPECTED = {
         "priority",
         "window",
         "window_utc_offset_min",
+        "window_tz",
         "max_cost_usd",
         "max_tokens",
         "webhook_url",

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from jobs.errors import InputError
-from jobs.schedule import Window, parse_time
+from jobs.schedule import Window, local_zone_name, parse_time
 
 NOW = datetime(2026, 11, 26, 22, 0, tzinfo=UTC)
 
@@ -89,3 +89,26 @@ def test_open_time_runs_across_midnight_in_a_wrapping_window() -> None:
     start = datetime(2026, 11, 27, 23, 0, tzinfo=UTC)
     assert late.after_open_time(start, 2 * 3600) == datetime(2026, 11, 28, 1, 0, tzinfo=UTC)
     assert late.after_open_time(start, 4 * 3600) == datetime(2026, 11, 28, 23, 0, tzinfo=UTC)
+
+
+def test_a_window_in_a_named_zone_follows_daylight_saving() -> None:
+    night = Window.parse("01:00-06:00", 60, "Europe/Paris")  # submitted in winter, UTC+1
+    winter = datetime(2026, 3, 20, 12, 0, tzinfo=UTC)
+    summer = datetime(2026, 4, 10, 12, 0, tzinfo=UTC)  # after the switch on 29 March: UTC+2
+    assert night.next_open(winter) == datetime(2026, 3, 21, 0, 0, tzinfo=UTC)
+    assert night.next_open(summer) == datetime(2026, 4, 10, 23, 0, tzinfo=UTC)
+    assert night.is_open(datetime(2026, 4, 11, 3, 30, tzinfo=UTC))  # 05:30 in Paris
+    assert not night.is_open(datetime(2026, 4, 11, 4, 30, tzinfo=UTC))  # 06:30 in Paris
+    # a fixed offset would have stayed on UTC+1 all summer
+    fixed = Window.parse("01:00-06:00", 60)
+    assert fixed.next_open(summer) == datetime(2026, 4, 11, 0, 0, tzinfo=UTC)
+
+
+def test_the_local_zone_is_taken_from_tz_when_it_names_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TZ", "America/New_York")
+    assert local_zone_name() == "America/New_York"
+    assert Window.parse("22:00-02:00").tz_name == "America/New_York"
+    monkeypatch.setenv("TZ", "Not/AZone")
+    assert local_zone_name() != "Not/AZone"
