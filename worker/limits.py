@@ -103,8 +103,11 @@ class Concurrency:
                     break
                 self._released.clear()
                 try:
-                    # a local release wakes us at once; other processes' releases are polled
-                    await asyncio.wait_for(self._released.wait(), delay_s)
+                    # a local release wakes us at once; other processes' releases are polled.
+                    # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
+                    # cancellation that lands as it times out, and the waiter polls on
+                    async with asyncio.timeout(delay_s):
+                        await self._released.wait()
                 except TimeoutError:
                     delay_s = min(delay_s * 2, POLL_MAX_S)
         self.held.add(token)
