@@ -12,18 +12,14 @@ from sqlalchemy import select
 from sqlmodel import Session, col
 
 from jobs.errors import InputError, LineFault
-from jobs.models import Request, RequestStatus
+from jobs.models import TOKEN_FIELDS, Request, RequestStatus
 
 CSV_COLUMNS = (
     "custom_id",
     "status",
     "status_code",
     "answer",
-    "input_tokens",
-    "cached_input_tokens",
-    "output_tokens",
-    "reasoning_tokens",
-    "total_tokens",
+    *TOKEN_FIELDS,
     "cost_usd",
     "error_code",
     "error_message",

@@ -88,6 +88,16 @@ REQUEST_ENDED = frozenset(
 )
 
 
+# The token columns of UsageColumns, in one order for every report, sum and copy of them.
+TOKEN_FIELDS = (
+    "input_tokens",
+    "cached_input_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+    "total_tokens",
+)
+
+
 class UsageColumns(SQLModel):
     """Token usage and cost, as plain columns (per request, and summed per batch)."""
 

@@ -6,9 +6,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from jobs import webhooks
 from jobs.errors import InvalidRequestError
 from jobs.models import Priority
 from jobs.schedule import Window
+from jobs.settings import get_settings
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,9 @@ class Policy:
                 f"--max-tokens must be a positive number, not {self.max_tokens}",
                 param="max_tokens",
             )
+        if self.webhook_url is not None:  # nothing is ever sent unsigned, or to a bad URL
+            webhooks.require_secret(get_settings())
+            webhooks.check_url(self.webhook_url)
 
     def start_at(self, now: datetime) -> datetime | None:
         """When the first request may go, if that is later than now."""

@@ -106,35 +106,26 @@ class Window:
 
     def next_open(self, at: datetime) -> datetime:
         """`at` itself when the window is open then, else when it next opens."""
-        if self.is_open(at):
-            return at
-        local, _ = self._minute_of_day(at)
-        opens = local.replace(
-            hour=self.start_min // 60, minute=self.start_min % 60, second=0, microsecond=0
-        )
-        if opens <= local:
-            opens += timedelta(days=1)
-        return opens.astimezone(UTC)
+        return at if self.is_open(at) else self._next_clock(at, self.start_min)
 
     def after_open_time(self, start: datetime, open_s: float) -> datetime:
         """When `open_s` seconds of this window have passed, counting from `start`."""
         at, left_s = self.next_open(start), open_s
         while True:
-            closes = self._closes_after(at)
+            closes = self._next_clock(at, self.end_min)  # the end of the opening holding `at`
             if (closes - at).total_seconds() >= left_s:
                 return at + timedelta(seconds=left_s)
             left_s -= (closes - at).total_seconds()
             at = self.next_open(closes)
 
-    def _closes_after(self, at: datetime) -> datetime:
-        """The end of the opening that holds `at` (the window is open at `at`)."""
+    def _next_clock(self, at: datetime, minute_of_day: int) -> datetime:
+        """The first time after `at` that this window's clock shows `minute_of_day`."""
         local, _ = self._minute_of_day(at)
-        closes = local.replace(
-            hour=self.end_min // 60, minute=self.end_min % 60, second=0, microsecond=0
-        )
-        if closes <= local:
-            closes += timedelta(days=1)
-        return closes.astimezone(UTC)
+        hour, minute = divmod(minute_of_day, 60)
+        then = local.replace(hour=hour, minute=minute, second=0, microsecond=0)
+        if then <= local:
+            then += timedelta(days=1)
+        return then.astimezone(UTC)
 
 
 def _clock(minutes: int) -> str:

@@ -8,16 +8,9 @@ from typing import Any
 from sqlalchemy import Label, func, select
 from sqlmodel import Session, col
 
-from jobs.models import Batch, Request
+from jobs.models import TOKEN_FIELDS, Batch, Request
 
-USAGE = (
-    "input_tokens",
-    "cached_input_tokens",
-    "output_tokens",
-    "reasoning_tokens",
-    "total_tokens",
-    "cost_usd",
-)
+USAGE = (*TOKEN_FIELDS, "cost_usd")
 
 
 def summary(session: Session, by: str, since: datetime | None = None) -> list[dict[str, Any]]:

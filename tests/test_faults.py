@@ -25,18 +25,13 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from jobs.models import TOKEN_FIELDS
 from jobs.simulator import SimulatorProcess
 from tests.deploy import Workers, promptq, wait_for
 from tests.services import PostgresServer, RedisServer
 
 MODEL = "o1-mini-2024-09-12"
-USAGE_COLUMNS = (
-    "input_tokens",
-    "cached_input_tokens",
-    "output_tokens",
-    "reasoning_tokens",
-    "total_tokens",
-)
+USAGE_COLUMNS = TOKEN_FIELDS
 # Short enough that a test sees a lost lease or a lost message come back within seconds.
 FAST_RECOVERY = {
     "PROMPTQ_SWEEP_INTERVAL_S": "0.5",

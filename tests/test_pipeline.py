@@ -8,16 +8,11 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+from jobs.models import TOKEN_FIELDS
 from tests.deploy import Workers, deployment_env, promptq, wait_for
 
 MODEL = "o1-mini-2024-09-12"
-USAGE_COLUMNS = (
-    "input_tokens",
-    "cached_input_tokens",
-    "output_tokens",
-    "reasoning_tokens",
-    "total_tokens",
-)
+USAGE_COLUMNS = TOKEN_FIELDS
 
 
 def write_batch(path: Path, count: int, *, rejected: int = 0, flaky: int = 0) -> dict[str, str]:

@@ -26,7 +26,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from jobs.models import utcnow
 from jobs.queue import resolve_redis_url
 from jobs.settings import Settings, get_settings
-from worker import store
+from worker import budget, store
 from worker.errors import PermanentUpstreamError, RateLimitedError, RetryableUpstreamError
 from worker.estimate import estimate_split
 from worker.limits import Limits, ModelLimits
@@ -207,7 +207,7 @@ class Runtime:
                         total_tokens=estimate,
                     )
                     cost_usd = self.prices.cost_usd(c.model, guess)
-                    why = await self._db(store.reserve, c, cost_usd, estimate)
+                    why = await self._db(budget.reserve, c, cost_usd, estimate)
                     if why is not None:
                         await admission.failed()
                         log.info("request %s not sent: %s", c.id, why, extra=_ids(c))

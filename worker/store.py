@@ -14,24 +14,17 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, func, or_, select, update
+from sqlalchemy import and_, bindparam, or_, select, update
 from sqlmodel import Session, col
 
 from jobs import batches
 from jobs.db import session_scope
-from jobs.models import Batch, Priority, Request, RequestStatus, utcnow
+from jobs.models import TOKEN_FIELDS, Batch, Priority, Request, RequestStatus, utcnow
 from jobs.policy import window_of
 from jobs.schedule import Window
 from jobs.settings import get_settings
 from worker.usage import Usage
 
-USAGE_COLUMNS = (
-    "input_tokens",
-    "cached_input_tokens",
-    "output_tokens",
-    "reasoning_tokens",
-    "total_tokens",
-)
 RUNNING = RequestStatus.RUNNING
 QUEUED = RequestStatus.QUEUED
 REDACTED = "[redacted]"
@@ -142,59 +135,6 @@ def _batch_rules(
     return {bid: _RULES[bid] for bid in batch_ids}
 
 
-def reserve(c: Claimed, cost_usd: float, tokens: int) -> str | None:
-    """Set aside a call's estimated cost and tokens in its batch's budget.
-
-    Returns None when it fits: spent, plus what the batch's other running requests set
-    aside, plus this estimate, stays within every budget. Otherwise the batch is stopped
-    (`batches.stop_for_budget`) and the reason is returned; this request is not sent.
-    The request row is written (locked) before the batch row, the order `record` uses.
-    """
-    with session_scope() as session:
-        mine = session.execute(
-            update(Request)
-            .where(_mine(c.id, c.attempt))
-            .values(reserved_cost_usd=cost_usd, reserved_tokens=tokens)
-        ).rowcount  # type: ignore[attr-defined]
-        if not mine:
-            return None  # no longer this attempt's: whatever it does next is refused anyway
-        batch = session.execute(
-            select(
-                col(Batch.max_cost_usd),
-                col(Batch.max_tokens),
-                col(Batch.cost_usd),
-                col(Batch.total_tokens),
-            )
-            .where(col(Batch.id) == c.batch_id)
-            .with_for_update()
-        ).one()
-        held_cost, held_tokens = session.execute(
-            select(
-                func.coalesce(func.sum(Request.reserved_cost_usd), 0.0),
-                func.coalesce(func.sum(Request.reserved_tokens), 0),
-            ).where(
-                col(Request.batch_id) == c.batch_id,
-                col(Request.status) == RUNNING,
-            )
-        ).one()
-        why = None
-        if batch.max_cost_usd is not None and batch.cost_usd + held_cost > batch.max_cost_usd:
-            why = (
-                f"the batch reached its budget of ${batch.max_cost_usd:g}: ${batch.cost_usd:.6f} "
-                f"spent and ${held_cost - cost_usd:.6f} set aside for calls in flight, and the "
-                f"next call could cost ${cost_usd:.6f}"
-            )
-        elif batch.max_tokens is not None and batch.total_tokens + held_tokens > batch.max_tokens:
-            why = (
-                f"the batch reached its budget of {batch.max_tokens:,} tokens: "
-                f"{batch.total_tokens:,} used and {held_tokens - tokens:,} set aside for calls "
-                f"in flight, and the next call could use {tokens:,}"
-            )
-        if why is not None:
-            batches.stop_for_budget(session, c.batch_id, why)
-        return why
-
-
 def renew(held: dict[str, int], lease_s: float) -> None:
     """Extend the leases of the requests this process still works on."""
     if not held:
@@ -214,7 +154,7 @@ def release(held: dict[str, int]) -> None:
         for rid, attempt in sorted(held.items()):
             session.execute(
                 update(Request)
-                .where(_mine(rid, attempt))
+                .where(this_attempt(rid, attempt))
                 .values(status=QUEUED, lease_until=None, enqueued_at=None)
             )
 
@@ -228,7 +168,8 @@ def _lock_in_id_order(session: Session, *where: Any) -> None:
         session.execute(rows.with_for_update())
 
 
-def _mine(rid: str, attempt: int) -> Any:
+def this_attempt(rid: str, attempt: int) -> Any:
+    """The row, while it is still running the attempt a worker claimed."""
     return and_(
         col(Request.id) == rid,
         col(Request.status) == RUNNING,
@@ -266,7 +207,7 @@ def record(outcomes: list[Outcome]) -> None:
                 continue
             t = totals[o.claimed.batch_id]
             t["request_completed" if o.kind == "succeeded" else "request_failed"] += 1
-            for name in USAGE_COLUMNS:
+            for name in TOKEN_FIELDS:
                 t[name] += getattr(o.usage, name)
             t["cost_usd"] += o.cost_usd
         table = Request.__table__  # type: ignore[attr-defined]
@@ -349,7 +290,7 @@ def _values(o: Outcome, now: datetime, attempts: int) -> dict[str, Any]:
         "reserved_cost_usd": 0.0,
         "reserved_tokens": 0,
     }
-    for name in USAGE_COLUMNS:
+    for name in TOKEN_FIELDS:
         values[name] = getattr(o.usage, name)
     return values
 

@@ -108,12 +108,6 @@ def policy(
         raise typer.BadParameter(
             f"--priority must be interactive or bulk, not {priority!r}", param_hint="--priority"
         )
-    if webhook is not None:
-        from jobs import webhooks
-        from jobs.settings import get_settings
-
-        webhooks.require_secret(get_settings())
-        webhook = webhooks.check_url(webhook)
     return Policy(
         not_before=parse_time(not_before) if not_before else None,
         window=Window.parse(window) if window else None,
